@@ -1,0 +1,105 @@
+"""Checkpoints: ``torch.save`` of state dicts + the resolved config, loaded with ``weights_only=True``.
+
+A checkpoint is a dict ``{format, version, rbp_version, run_id, config, data_info, model, trainer?,
+metrics?}``. Loading validates all of it: the config must validate and hash to ``run_id``, the
+state dict must match the architecture, and a subnet's frozen weights must equal the ones its seed
+generates; anything else is reported as one :class:`RbpError` line and no model is returned.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rbp import __version__
+from rbp.config import Config, from_dict
+from rbp.errors import RbpError
+from rbp.models import build_model
+from rbp.nn import subnet_layers
+
+FORMAT, VERSION = "rbp-checkpoint", 1
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    path: Path,
+    cfg: Config,
+    data_info: dict[str, Any],
+    model: nn.Module,
+    trainer: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model``'s state (+ the trainer's, to resume) with everything needed to rebuild it."""
+    atomic_save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "rbp_version": __version__,
+            "run_id": cfg.run_id(),
+            "config": cfg.to_dict(),
+            "data_info": data_info,
+            "model": model.state_dict(),
+            "trainer": trainer,
+            "metrics": metrics or {},
+        },
+        path,
+    )
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config]:
+    """The checkpoint's payload and its validated config; :class:`RbpError` if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise RbpError(f"checkpoint {path}: no such file; give a run's best.pt or last.pt")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # zip/CRC/unpickling errors all mean the same thing to a user
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise RbpError(f"checkpoint {path} is unreadable or corrupt ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise RbpError(f"checkpoint {path} is not an rbp checkpoint (no '{FORMAT}' header)")
+    if payload.get("version") != VERSION:
+        raise RbpError(f"checkpoint {path} has format version {payload.get('version')}; this rbp reads {VERSION}")
+    try:
+        cfg = from_dict(payload["config"])
+    except RbpError as error:
+        raise RbpError(f"checkpoint {path}: its {error}") from None
+    if cfg.run_id() != payload.get("run_id"):
+        raise RbpError(f"checkpoint {path} is tampered: its config does not hash to its run id {payload.get('run_id')}")
+    return payload, cfg
+
+
+def _check_state(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        diff = sorted(set(state) ^ set(expected))[:3]
+        raise RbpError(f"checkpoint {path} is tampered: its tensors do not match the architecture (e.g. {diff})")
+    for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[key].shape:
+            raise RbpError(f"checkpoint {path} is tampered: {key} has the wrong shape or type")
+    for name in subnet_layers(model):  # frozen ±s weights must be the ones the seed draws
+        if not torch.equal(state[f"{name}.weight"], expected[f"{name}.weight"]):
+            raise RbpError(f"checkpoint {path} is tampered: frozen weights of {name} differ from the seed's")
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict[str, Any]]:
+    """Rebuild the model of a checkpoint in eval mode on ``device``: ``(model, config, payload)``."""
+    path = Path(path)
+    payload, cfg = read_checkpoint(path)
+    info = payload.get("data_info")
+    if not isinstance(info, dict) or not isinstance(payload.get("model"), dict):
+        raise RbpError(f"checkpoint {path} is tampered: data_info or model state missing")
+    model = build_model(cfg, info["num_classes"], tuple(info["input_shape"]), info["mean"], info["std"])
+    _check_state(path, model, payload["model"])
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), cfg, payload

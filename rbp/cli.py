@@ -1,0 +1,163 @@
+"""``rbp`` command line: ``rbp train`` and ``rbp eval``.
+
+Bad input (config typo, out-of-range value, missing data, bad checkpoint) prints one line
+``rbp: error: ...`` naming the field and the fix, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rbp.errors import RbpError
+
+log = logging.getLogger("rbp")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config (sections data, model, init, sparsity, ...)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set model.arch=resnet18 (repeatable)",
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rbp.config import load_config
+    from rbp.run import train_run
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    if args.quiet:
+        cfg.run.progress = False
+    summary = train_run(cfg, resume=args.resume, overwrite=args.overwrite)
+    steps = cfg.eval.test_pgd_steps
+    print(
+        f"test clean accuracy {summary['test_clean_acc']:.4f}   "
+        f"test PGD-{steps} accuracy {summary[f'test_pgd{steps}_acc']:.4f} "
+        f"({cfg.attack.norm} eps {cfg.attack.eps:.4g})"
+    )
+    if "test_autoattack_acc" in summary:
+        print(f"test AutoAttack accuracy {summary['test_autoattack_acc']:.4f}")
+    print(
+        f"kept weights {summary['kept_params']:,} of {summary['total_params']:,} "
+        f"({summary['density']:.2%})   run folder {summary['run_dir']}"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from rbp.checkpoint import load_model
+    from rbp.config import from_dict
+    from rbp.data import Batches, Split, load_splits, to_unit_float
+    from rbp.evaluate import accuracy, autoattack_accuracy
+    from rbp.train import resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg, _ = load_model(args.checkpoint, device)
+    tree = cfg.to_dict()
+    if args.data_root is not None:
+        tree["data"]["root"] = str(args.data_root)
+    cfg = from_dict(tree)
+    split = getattr(load_splits(cfg.data), args.split)
+    n = min(args.samples or len(split), len(split))
+    x, y = split.x[:n], split.y[:n]
+    eps = cfg.attack.eps if args.eps is None else args.eps
+    norm = args.norm or cfg.attack.norm
+    result: dict = {"checkpoint": str(args.checkpoint), "split": args.split, "samples": n, "eps": eps, "norm": norm}
+    if args.attack == "autoattack":
+        aa = autoattack_accuracy(
+            model,
+            to_unit_float(x).to(device),
+            y.to(device),
+            eps=eps,
+            norm=norm,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+        result.update(clean_acc=aa["clean_acc"], autoattack_acc=aa["autoattack_acc"])
+    else:
+        steps = args.steps if args.attack == "pgd" else 0
+        step_size = args.step_size or (2.5 * eps / steps if steps else 0.0)
+        torch.manual_seed(args.seed)
+        batches = Batches(Split(x, y), args.batch_size, device=device)
+        result.update(
+            accuracy(model, batches, eps=eps, step_size=step_size, steps=steps, restarts=args.restarts, norm=norm)
+        )
+        if steps:
+            result.update(steps=steps, step_size=step_size, restarts=args.restarts)
+    print(json.dumps(result, indent=2))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rbp", description="Robust binary subnetworks: train, evaluate.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model (default: subnet conv net on digits, PGD)")
+    _add_config_args(train)
+    train.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="start the run again, replacing its folder")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config (every key) and exit")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
+    ev = commands.add_parser("eval", help="evaluate a checkpoint: clean, PGD or AutoAttack accuracy")
+    ev.add_argument("checkpoint", type=Path, help="a run's best.pt or last.pt")
+    ev.add_argument("--attack", choices=("clean", "pgd", "autoattack"), default="pgd")
+    ev.add_argument("--steps", type=int, default=20, help="PGD steps")
+    ev.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
+    ev.add_argument("--eps", type=float, help="radius in pixel units; default: the run's attack.eps")
+    ev.add_argument("--step-size", type=float, help="PGD step; default 2.5 * eps / steps")
+    ev.add_argument("--norm", choices=("linf", "l2"), help="default: the run's attack.norm")
+    ev.add_argument("--split", choices=("test", "val"), default="test")
+    ev.add_argument("--samples", type=int, help="only the first N images of the split")
+    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--data-root", type=Path, help="where the data set lives on this machine")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", type=Path, help="also write the result as JSON here")
+    ev.set_defaults(handler=_eval)
+    return parser
+
+
+def _check_positive(args: argparse.Namespace) -> None:
+    for name in ("steps", "restarts", "batch_size", "samples"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise RbpError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if getattr(args, "eps", None) is not None and args.eps < 0:
+        raise RbpError(f"--eps must be >= 0, got {args.eps}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        _check_positive(args)
+        return args.handler(args)
+    except RbpError as error:
+        print(f"rbp: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rbp: interrupted; `rbp train ... --resume` continues from the last finished epoch", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

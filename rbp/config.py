@@ -1,0 +1,257 @@
+"""One validated config for a run: every public knob, YAML in and out, and a stable run id.
+
+A config is built from defaults, then a YAML file, then ``--set a.b=c`` overrides. Fields whose
+default depends on the data set (eps, step size, validation fraction, augmentation) or on the
+model mode (init scheme) are ``None`` until :func:`resolve` fills them, so the resolved config
+written to a run folder is fully concrete and its hash identifies the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rbp.errors import RbpError
+
+DatasetName = Literal["digits", "cifar10", "cifar100", "svhn", "synthetic"]
+InitScheme = Literal["binary", "signed_kaiming", "signed_kaiming_density", "scaled", "kaiming_normal"]
+
+# Threat-model defaults per data set: (eps, step size), pixel units in [0, 1].
+_ATTACK_DEFAULTS = {
+    "digits": (0.1, 0.025),
+    "cifar10": (8 / 255, 2 / 255),
+    "svhn": (8 / 255, 2 / 255),
+    "cifar100": (4 / 255, 1 / 255),
+    "synthetic": (8 / 255, 2 / 255),
+}
+
+
+class _Section(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    name: DatasetName = "digits"
+    root: Path | None = Field(None, description="folder holding the data set files (cifar10/100, svhn)")
+    download: bool = Field(False, description="download into root when missing (needs network)")
+    val_fraction: float | None = Field(None, ge=0.0, lt=0.5, description="held out of train for model selection")
+    augment: bool | None = Field(None, description="random crop (pad 4) + horizontal flip; default on for CIFAR")
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(500, gt=0)
+    split_seed: int = Field(0, description="seed of the train/val/test split, independent of the run seed")
+    synthetic_shape: tuple[int, int, int] = (3, 32, 32)
+    synthetic_classes: int = Field(10, ge=2)
+    synthetic_size: int = Field(1024, gt=0)
+
+    @model_validator(mode="after")
+    def _data_set_defaults(self) -> DataConfig:
+        """Concrete defaults that depend on the data set (validate_assignment re-enters: use __dict__)."""
+        if self.val_fraction is None:
+            self.__dict__["val_fraction"] = 0.1 if self.name == "digits" else 0.02
+        if self.augment is None:
+            self.__dict__["augment"] = self.name in ("cifar10", "cifar100")
+        return self
+
+
+class ModelConfig(_Section):
+    arch: str = "convnet"
+    mode: Literal["subnet", "binary", "dense"] = "subnet"
+    width: int | None = Field(None, gt=0, description="base width; None is the architecture's default")
+    last_bn: Literal["none", "nonaffine"] = "nonaffine"
+    activation: Literal["relu"] = "relu"
+    stem: Literal["cifar", "imagenet"] = "cifar"
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from rbp.models import list_models  # local: models import nn, not config
+
+        if arch not in list_models():
+            raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(list_models())}")
+        return arch
+
+
+class InitConfig(_Section):
+    scheme: InitScheme | None = Field(None, description="None: binary for subnet/binary, kaiming_normal for dense")
+    alpha: float = Field(1.0, gt=0, description="multiplier of the 'scaled' scheme")
+    score_scale: float = Field(0.01, gt=0, description="scores start as U(-a, a)")
+    score_fan_in: bool = Field(False, description="divide the score scale by sqrt(fan_in)")
+
+
+class SparsityConfig(_Section):
+    density: float = Field(0.1, gt=0.0, le=1.0, description="global kept fraction K in (0, 1]")
+    allocation: Literal["adaptive", "uniform", "erk", "explicit"] = "adaptive"
+    p: float = Field(0.1, ge=0.0, le=1.0, description="adaptive exponent: layer i keeps c * n_i**p weights")
+    layer_densities: dict[str, float] | None = Field(None, description="explicit per-layer densities")
+
+    @field_validator("layer_densities")
+    @classmethod
+    def _densities_in_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for name, density in (value or {}).items():
+            if not 0.0 < density <= 1.0:
+                raise ValueError(f"density of layer {name!r} must be in (0, 1], got {density}")
+        return value
+
+    @model_validator(mode="after")
+    def _explicit_needs_dict(self) -> SparsityConfig:
+        if self.allocation == "explicit" and not self.layer_densities:
+            raise ValueError("allocation 'explicit' needs layer_densities: {layer name: density}")
+        return self
+
+
+class AttackConfig(_Section):
+    """The threat model: used to train (pgd, fgsm, trades) and to evaluate."""
+
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float | None = Field(None, ge=0.0, description="radius in pixel units ([0, 1] images)")
+    step_size: float | None = Field(None, gt=0.0)
+    steps: int = Field(10, ge=1)
+    random_start: bool = True
+    best_loss: bool = Field(False, description="return the iterate with the highest loss, not the last")
+
+
+class TrainConfig(_Section):
+    method: Literal["pgd", "fgsm", "trades", "clean"] = "pgd"
+    trades_beta: float = Field(6.0, ge=0.0)
+    attack_bn: Literal["train", "eval"] = Field("train", description="BN mode while the attack runs")
+    epochs: int = Field(15, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[float] = Field([0.5, 0.75], description="step schedule: fractions of the epochs")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < m < 1.0 for m in value) or value != sorted(value):
+            raise ValueError("milestones must be increasing fractions of the epochs in (0, 1)")
+        return value
+
+
+class EvalConfig(_Section):
+    val_pgd_steps: int = Field(10, ge=1, description="PGD steps on the validation split, picks the best checkpoint")
+    test_pgd_steps: int = Field(20, ge=1)
+    test_restarts: int = Field(1, ge=1)
+    autoattack: bool = Field(False, description="run AutoAttack (standard) on the test split after training")
+    autoattack_samples: int | None = Field(None, gt=0, description="evaluate AutoAttack on the first N test images")
+
+
+class RunConfig(_Section):
+    """Where and how to run; not part of the run id (the same experiment on another machine)."""
+
+    out_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
+
+
+class Config(_Section):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    init: InitConfig = InitConfig()
+    sparsity: SparsityConfig = SparsityConfig()
+    attack: AttackConfig = AttackConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> Config:
+        """Fill data-set and mode dependent defaults, so the config is concrete."""
+        eps, step = _ATTACK_DEFAULTS[self.data.name]
+        # Assign through __dict__: validate_assignment would re-enter this validator.
+        attack = self.attack.__dict__
+        if attack["eps"] is None:
+            attack["eps"] = eps
+        if attack["step_size"] is None:
+            scale = attack["eps"] / eps if eps else 1.0
+            attack["step_size"] = 1.25 * attack["eps"] if self.train.method == "fgsm" else step * scale
+        if self.init.scheme is None:
+            self.init.__dict__["scheme"] = "kaiming_normal" if self.model.mode == "dense" else "binary"
+        if self.model.mode != "dense" and self.init.scheme == "kaiming_normal":
+            raise ValueError("init.scheme kaiming_normal is for dense models; binary/subnet weights are ±s")
+        if self.model.mode == "dense" and self.init.scheme != "kaiming_normal":
+            raise ValueError(f"init.scheme {self.init.scheme} makes ±s weights; dense models use kaiming_normal")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/YAML-safe nested dict (paths as strings, tuples as lists)."""
+        return self.model_dump(mode="json")
+
+    def run_id(self) -> str:
+        """12 hex digits identifying the experiment: a hash of everything but the ``run`` section."""
+        body = {k: v for k, v in self.to_dict().items() if k != "run"}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _format_error(error: ValidationError) -> str:
+    """One line naming the first bad field, its problem and the value given."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-after"))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (`rbp train --print-config` lists every key)"
+    elif "input" in first and first["type"] != "missing" and not isinstance(first["input"], dict):
+        message += f" (got {first['input']!r})"
+    return f"config error: {field or 'config'}: {message}"
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RbpError(f"config error: {dotted}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=c"`` -> ``("a.b", c)`` with ``c`` parsed as YAML (numbers, bools, lists)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RbpError(f"config error: --set {text!r}: expected KEY=VALUE, e.g. --set model.arch=resnet18")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    """Validate a nested dict into a :class:`Config`, raising a one-line :class:`RbpError`."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise RbpError(_format_error(error)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file at ``path`` <- ``KEY=VALUE`` overrides, validated and resolved."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as error:
+            raise RbpError(f"config error: cannot read {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise RbpError(f"config error: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise RbpError(f"config error: {path} must hold a mapping of sections, not {type(loaded).__name__}")
+        tree = loaded or {}
+    for text in overrides:
+        _set_path(tree, *parse_override(text))
+    return from_dict(tree)

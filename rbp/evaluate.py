@@ -1,0 +1,137 @@
+"""Clean, PGD (with restarts) and AutoAttack accuracy of a model, always in eval mode."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+from rbp.attacks import Norm, bn_mode, pgd
+
+log = logging.getLogger(__name__)
+
+AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(dim=1) == y
+
+
+def robust_correct(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    restarts: int = 1,
+    norm: Norm = "linf",
+) -> torch.Tensor:
+    """(N,) bool: classified correctly under every one of ``restarts`` random-start PGD runs."""
+    correct = _correct(model, x, y)
+    for _ in range(restarts):
+        todo = correct.nonzero().flatten()  # only still-robust examples can be broken
+        if todo.numel() == 0:
+            break
+        x_adv = pgd(model, x[todo], y[todo], eps=eps, step_size=step_size, steps=steps, norm=norm)
+        correct[todo] = _correct(model, x_adv, y[todo])
+    return correct
+
+
+def accuracy(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    eps: float = 0.0,
+    step_size: float = 0.0,
+    steps: int = 0,
+    restarts: int = 1,
+    norm: Norm = "linf",
+) -> dict[str, float]:
+    """``{"clean_acc", "pgd_acc"}`` in [0, 1] over ``batches``; ``pgd_acc`` only when ``steps > 0``.
+
+    The model runs in eval mode (batch norm uses running statistics) and its mode is restored.
+    Counts stay on the device until the end: no host sync per batch.
+    """
+    clean = robust = None
+    total = 0
+    with bn_mode(model, train=False):
+        for x, y in batches:
+            c = _correct(model, x, y).sum()
+            clean = c if clean is None else clean + c
+            if steps > 0:
+                r = robust_correct(
+                    model, x, y, eps=eps, step_size=step_size, steps=steps, restarts=restarts, norm=norm
+                ).sum()
+                robust = r if robust is None else robust + r
+            total += y.shape[0]
+    if total == 0:
+        return {}
+    result = {"clean_acc": clean.item() / total}
+    if robust is not None:
+        result["pgd_acc"] = robust.item() / total
+    return result
+
+
+class _Forward(logging.Handler):
+    """Re-emits AutoAttack's DEBUG-level reports (accuracy per attack, its checks) on our logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        self.lines.append(line)
+        log.log(max(record.levelno, logging.INFO), "autoattack: %s", line)
+
+
+def autoattack_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: Norm = "linf",
+    batch_size: int = 500,
+    seed: int = 0,
+    version: Literal["standard"] = "standard",
+) -> dict[str, float | list[str]]:
+    """AutoAttack ``standard`` (APGD-CE, APGD-T, FAB-T, Square; original code via ``pyautoattack``).
+
+    x: (N, C, H, W) in [0, 1] on the model's device. Returns clean and robust accuracy and
+    AutoAttack's own log lines (its warnings included). With fewer than 10 classes the targeted
+    attacks use every other class (n_classes - 1 targets), the most the protocol can do.
+    """
+    from pyautoattack import AutoAttack  # heavy and optional at import time
+
+    device = x.device
+    aa_logger = logging.getLogger("auto-attack")
+    handler = _Forward()
+    aa_logger.addHandler(handler)
+    previous_level, aa_logger.propagate = aa_logger.level, False
+    aa_logger.setLevel(logging.DEBUG)
+    try:
+        with bn_mode(model, train=False):
+            attack = AutoAttack(model, norm=AUTOATTACK_NORMS[norm], eps=eps, version=version, device=device, seed=seed)
+            num_classes = model(x[:1]).shape[1]
+            if num_classes - 1 < attack.apgd_targeted.n_target_classes:
+                log.warning("autoattack: %d classes: targeted attacks use %d targets", num_classes, num_classes - 1)
+                attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = num_classes - 1
+            x_adv, y_adv = attack.run_standard_evaluation(x, y, batch_size=batch_size)
+            clean = _correct(model, x, y).float().mean().item()
+    finally:
+        aa_logger.removeHandler(handler)
+        aa_logger.setLevel(previous_level)
+        aa_logger.propagate = True
+    distance = (x_adv - x).flatten(1)
+    radius = distance.abs().amax(dim=1) if norm == "linf" else distance.norm(dim=1)
+    if radius.max().item() > eps * (1 + 1e-4) + 1e-6:  # a broken attack must not pass as a result
+        raise RuntimeError(f"AutoAttack returned points outside the eps-ball ({radius.max().item():.6f} > {eps})")
+    robust = (y_adv == y).float().mean().item()
+    return {"clean_acc": clean, "autoattack_acc": robust, "autoattack_log": handler.lines}

@@ -1,0 +1,53 @@
+"""One layer factory for every architecture, so every model exists in every mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from rbp.nn.layers import BinaryConv2d, BinaryLinear, SubnetConv2d, SubnetLinear
+
+Mode = Literal["dense", "binary", "subnet"]
+
+_CONV = {"dense": nn.Conv2d, "binary": BinaryConv2d, "subnet": SubnetConv2d}
+_LINEAR = {"dense": nn.Linear, "binary": BinaryLinear, "subnet": SubnetLinear}
+
+
+@dataclass(frozen=True)
+class LayerFactory:
+    """Builds conv / linear / batch norm / activation layers for one ``mode``.
+
+    ``subnet``: frozen ±s weights with trained scores; every batch norm is non-affine and no
+    layer has a bias, so nothing but scores is trained. ``binary``: learned sign weights.
+    ``dense``: ordinary full-precision layers with affine batch norm.
+    """
+
+    mode: Mode = "subnet"
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.mode not in _CONV:
+            raise ValueError(f"unknown mode {self.mode!r}; choose dense, binary or subnet")
+
+    @property
+    def affine_bn(self) -> bool:
+        return self.mode != "subnet"
+
+    def conv(self, cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
+        return _CONV[self.mode](cin, cout, kernel_size, stride=stride, padding=padding, bias=False)
+
+    def linear(self, fin: int, fout: int, bias: bool = True) -> nn.Linear:
+        return _LINEAR[self.mode](fin, fout, bias=bias and self.mode != "subnet")
+
+    def bn2d(self, channels: int) -> nn.BatchNorm2d:
+        return nn.BatchNorm2d(channels, affine=self.affine_bn)
+
+    def bn1d(self, features: int) -> nn.BatchNorm1d:
+        return nn.BatchNorm1d(features, affine=self.affine_bn)
+
+    def act(self) -> nn.Module:
+        if self.activation == "relu":
+            return nn.ReLU(inplace=True)
+        raise ValueError(f"unknown activation {self.activation!r}")

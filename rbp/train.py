@@ -1,0 +1,206 @@
+"""The Trainer: builds data, model, optimiser and schedule from a config; one call per epoch.
+
+It knows nothing of run folders, Ray or MLflow: callers (``rbp.run``, the Ray trainable) drive
+:meth:`Trainer.run_epoch`, persist :meth:`Trainer.state_dict`, and restore it to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rbp.attacks import bn_mode, pgd, trades_adversary, trades_loss
+from rbp.config import Config
+from rbp.data import Batches, Splits, load_splits
+from rbp.errors import RbpError
+from rbp.evaluate import accuracy
+from rbp.models import build_model, kept_parameters
+from rbp.nn import clip_binary_weights
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+class Diverged(RbpError):
+    """The training loss became NaN or infinite; the message says when."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; ``cuda`` without a GPU is an input error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RbpError("config error: run.device: cuda requested but no GPU is visible; use auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _lr_factor(cfg: Config) -> Callable[[int], float]:
+    """Multiplier of the base learning rate after ``epoch`` completed epochs."""
+    train = cfg.train
+    if train.schedule == "cosine":
+        return lambda epoch: 0.5 * (1 + math.cos(math.pi * epoch / train.epochs))
+    if train.schedule == "step":
+        steps = [round(m * train.epochs) for m in train.milestones]
+        return lambda epoch: train.gamma ** sum(epoch >= s for s in steps)
+    return lambda epoch: 1.0
+
+
+class Trainer:
+    """Adversarial (or clean) training of one model; ``epoch`` counts completed epochs."""
+
+    def __init__(self, cfg: Config, *, splits: Splits | None = None, device: torch.device | None = None) -> None:
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg.run.device)
+        self.splits = splits or load_splits(cfg.data)
+        info = self.splits.info
+        torch.manual_seed(cfg.seed)  # attack random starts draw from the global generator
+        self.model = build_model(cfg, info.num_classes, info.input_shape, info.mean, info.std).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.train.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                params,
+                lr=cfg.train.lr,
+                momentum=cfg.train.momentum,
+                nesterov=cfg.train.nesterov,
+                weight_decay=cfg.train.weight_decay,
+            )
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg))
+        self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
+        self.epoch = 0
+        self.best: dict[str, float] = {"val_pgd_acc": -1.0, "epoch": 0}
+
+    # -- one optimiser step -------------------------------------------------------------------
+    def _adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training inputs for PGD / FGSM, generated with BN in ``attack_bn`` mode."""
+        a, method = self.cfg.attack, self.cfg.train.method
+        steps, random_init = (1, True) if method == "fgsm" else (a.steps, a.random_start)
+        with bn_mode(self.model, train=self.cfg.train.attack_bn == "train"):
+            return pgd(
+                self.model,
+                x,
+                y,
+                eps=a.eps,
+                step_size=a.step_size,
+                steps=steps,
+                norm=a.norm,
+                random_init=random_init,
+                best_loss=a.best_loss,
+            )
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits on the inputs the loss is about: adversarial for PGD/FGSM/TRADES)."""
+        method = self.cfg.train.method
+        if method == "clean":
+            logits = self.model(x)
+            return F.cross_entropy(logits, y), logits
+        if method == "trades":
+            a = self.cfg.attack
+            with bn_mode(self.model, train=self.cfg.train.attack_bn == "train"):
+                x_adv = trades_adversary(self.model, x, eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm)
+            logits_clean, logits_adv = self.model(x), self.model(x_adv)
+            return trades_loss(logits_clean, logits_adv, y, self.cfg.train.trades_beta), logits_adv
+        logits = self.model(self._adversarial(x, y))
+        return F.cross_entropy(logits, y), logits
+
+    def train_epoch(self, progress: bool = False) -> dict[str, float]:
+        """One pass over the training split; returns mean loss and accuracy on the trained inputs."""
+        self.model.train()
+        batches = Batches(
+            self.splits.train,
+            self.cfg.data.batch_size,
+            shuffle=True,
+            augment=self.cfg.data.augment,
+            generator=self.shuffle_generator,
+            device=self.device,
+            drop_last=True,
+        )
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(
+            batches,
+            desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for step, (x, y) in enumerate(bar):
+            loss, logits = self._loss(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            clip_binary_weights(self.model)
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+            seen += y.shape[0]
+            if progress and step % 10 == 0:  # the only host sync, and only for the bar
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        mean_loss = loss_sum.item() / max(seen, 1)
+        if not math.isfinite(mean_loss):
+            raise Diverged(f"training diverged: loss is {mean_loss} in epoch {self.epoch + 1}")
+        return {"train_loss": mean_loss, "train_acc": correct.item() / max(seen, 1)}
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, split: str = "val", *, steps: int | None = None, restarts: int = 1) -> dict[str, float]:
+        """Clean and PGD accuracy on ``split`` (val/test) under the config's threat model."""
+        a = self.cfg.attack
+        steps = self.cfg.eval.val_pgd_steps if steps is None else steps
+        batches = Batches(getattr(self.splits, split), self.cfg.data.eval_batch_size, device=self.device)
+        # PGD-k for evaluation: step 2.5·eps/k (Madry et al.), at least the training step size.
+        step_size = max(a.step_size, 2.5 * a.eps / steps)
+        return accuracy(
+            self.model, batches, eps=a.eps, step_size=step_size, steps=steps, restarts=restarts, norm=a.norm
+        )
+
+    def run_epoch(self, progress: bool = False) -> dict[str, Any]:
+        """Train one epoch, step the schedule, validate; ``is_best`` marks a new best val PGD accuracy."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        metrics: dict[str, Any] = self.train_epoch(progress)
+        self.scheduler.step()
+        self.epoch += 1
+        val = self.evaluate("val")
+        metrics.update({f"val_{k}": v for k, v in val.items()})
+        # Without a validation split (val_fraction 0) every epoch supersedes the previous one.
+        score = val.get("pgd_acc")
+        metrics["is_best"] = score is None or score > self.best["val_pgd_acc"]
+        if metrics["is_best"]:
+            self.best = {"val_pgd_acc": -1.0 if score is None else score, "epoch": self.epoch}
+        kept, total = kept_parameters(self.model)
+        metrics.update(epoch=self.epoch, lr=lr, kept_params=kept, density=kept / total)
+        return metrics
+
+    # -- checkpoint state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this epoch ended (tensors and plain values)."""
+        state = {
+            "epoch": self.epoch,
+            "best": dict(self.best),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "shuffle_rng": self.shuffle_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.shuffle_generator.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.epoch = int(state["epoch"])
+        self.best = dict(state["best"])

@@ -1,0 +1,172 @@
+"""The user's paths through `rbp`: train, eval (PGD, AutoAttack), resume, and bad input -> exit 2."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from rbp.cli import main
+
+FAST = [
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "model.width=8",
+    "--set",
+    "attack.steps=2",
+    "--set",
+    "eval.val_pgd_steps=2",
+    "--set",
+    "eval.test_pgd_steps=3",
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train", *FAST, "--set", f"run.out_dir={out}"]) == 0
+    (folder,) = out.iterdir()
+    return folder
+
+
+def test_train_prints_accuracy_and_kept_weights(tmp_path, capsys):
+    assert main(["train", *FAST, "--set", f"run.out_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "test clean accuracy" in out and "test PGD-3 accuracy" in out and "kept weights" in out
+    (folder,) = tmp_path.iterdir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert f"{summary['kept_params']:,}" in out
+
+
+def test_resume_of_a_finished_run_trains_nothing(run_dir, capsys):
+    args = ["train", *FAST, "--set", f"run.out_dir={run_dir.parent}", "--resume"]
+    assert main(args) == 0
+    assert "epoch" not in capsys.readouterr().err.replace("best_epoch", "")
+
+
+def test_eval_pgd_with_restarts(run_dir, tmp_path, capsys):
+    out_file = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "eval",
+                str(run_dir / "best.pt"),
+                "--attack",
+                "pgd",
+                "--steps",
+                "5",
+                "--restarts",
+                "2",
+                "--out",
+                str(out_file),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out_file.read_text())
+    assert result["steps"] == 5 and result["restarts"] == 2
+    assert 0 <= result["pgd_acc"] <= result["clean_acc"] <= 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert result["clean_acc"] == pytest.approx(summary["test_clean_acc"])
+
+
+@pytest.mark.slow
+def test_eval_autoattack_on_a_few_images(run_dir, capsys, caplog):
+    caplog.set_level("INFO")
+    assert main(["eval", str(run_dir / "best.pt"), "--attack", "autoattack", "--samples", "24"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 24 and 0 <= result["autoattack_acc"] <= result["clean_acc"]
+    # AutoAttack's own reports (accuracy after each attack) reach our log.
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "autoattack:" in messages and "APGD-CE" in messages.upper()
+
+
+def _bad(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("rbp: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("model.depth=3", "model.depth"),
+        ("sparsity.density=1.2", "sparsity.density"),
+        ("sparsity.p=-1", "sparsity.p"),
+        ("attack.eps=-0.5", "attack.eps"),
+        ("model.arch=alexnet", "model.arch"),
+        ("data.name=mnist", "data.name"),
+    ],
+)
+def test_config_errors_exit_2(override, needle, capsys):
+    assert needle in _bad(["train", "--set", override], capsys)
+
+
+def test_missing_data_root_exits_2(tmp_path, capsys):
+    err = _bad(
+        [
+            "train",
+            "--set",
+            "data.name=cifar10",
+            "--set",
+            f"data.root={tmp_path / 'nowhere'}",
+            "--set",
+            f"run.out_dir={tmp_path}",
+        ],
+        capsys,
+    )
+    assert "data.root" in err
+    assert "data.root" in _bad(["train", "--set", "data.name=svhn", "--set", f"run.out_dir={tmp_path}"], capsys)
+
+
+def test_bad_checkpoints_exit_2(run_dir, tmp_path, capsys):
+    assert "no such file" in _bad(["eval", str(tmp_path / "none.pt")], capsys)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    assert "unreadable or corrupt" in _bad(["eval", str(garbage)], capsys)
+    truncated = tmp_path / "truncated.pt"
+    data = (run_dir / "best.pt").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    assert "unreadable or corrupt" in _bad(["eval", str(truncated)], capsys)
+    payload = torch.load(run_dir / "best.pt", weights_only=True)
+    key = next(k for k in payload["model"] if k.endswith(".weight"))
+    payload["model"][key] = -payload["model"][key]  # flip frozen weights
+    torch.save(payload, tmp_path / "flipped.pt")
+    assert "tampered" in _bad(["eval", str(tmp_path / "flipped.pt")], capsys)
+    payload = torch.load(run_dir / "best.pt", weights_only=True)
+    payload["config"]["sparsity"]["density"] = 0.5  # config edited after training
+    torch.save(payload, tmp_path / "edited.pt")
+    assert "tampered" in _bad(["eval", str(tmp_path / "edited.pt")], capsys)
+    payload = torch.load(run_dir / "best.pt", weights_only=True)
+    payload["model"].pop(next(iter(payload["model"])))
+    torch.save(payload, tmp_path / "short.pt")
+    assert "tampered" in _bad(["eval", str(tmp_path / "short.pt")], capsys)
+    assert zipfile.is_zipfile(run_dir / "best.pt")  # the original is untouched
+
+
+def test_existing_run_is_never_overwritten_by_accident(run_dir, capsys):
+    before = (run_dir / "summary.json").read_bytes()
+    err = _bad(["train", *FAST, "--set", f"run.out_dir={run_dir.parent}"], capsys)
+    assert "--resume" in err and (run_dir / "summary.json").read_bytes() == before
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("rbp")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "rbp.cli"]
+    proc = subprocess.run(
+        [*command, "train", "--set", "sparsity.density=1.2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "sparsity.density" in proc.stderr
