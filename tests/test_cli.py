@@ -170,3 +170,16 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "sparsity.density" in proc.stderr
+
+
+def test_train_and_eval_on_cifar10_files(cifar10_root, tmp_path, capsys):
+    """The README's CIFAR path on a tiny set of files in the real on-disk format."""
+    args = ["train", *FAST, "--set", "data.name=cifar10", "--set", f"data.root={cifar10_root}",
+            "--set", "data.batch_size=4", "--set", "data.val_fraction=0.2", "--set", f"run.out_dir={tmp_path / 'runs'}"]  # fmt: skip
+    assert main(args) == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    cfg_text = (folder / "config.yaml").read_text()
+    assert "name: cifar10" in cfg_text and "augment: true" in cfg_text
+    capsys.readouterr()
+    assert main(["eval", str(folder / "best.pt"), "--steps", "2", "--data-root", str(cifar10_root)]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 3

@@ -9,90 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakedata import cifar_batch, image, write_pickle
 
 from rbp.config import DataConfig
 from rbp.data import Batches, Split, load_splits, random_crop_flip, to_unit_float
 from rbp.errors import RbpError
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _image(n: int) -> np.ndarray:
-    """A distinct, asymmetric uint8 (3, 32, 32) image per n, so any axis mix-up changes it."""
-    c, h, w = np.meshgrid(np.arange(3), np.arange(32), np.arange(32), indexing="ij")
-    return ((c * 97 + h * 7 + w * 3 + n * 11) % 256).astype(np.uint8)
-
-
-def _write_pickle(path: Path, batch: dict[bytes, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(batch))
-
-
-def _write_py2_pickle(path: Path, rows: np.ndarray, labels: list[int]) -> None:
-    """Write ``{"data": rows, "labels": labels}`` as Python 2 + numpy 1.x did for the official files.
-
-    Opcodes by hand: byte strings are py2 ``str`` (SHORT_BINSTRING/BINSTRING), the array is built by
-    ``numpy.core.multiarray._reconstruct`` with a py2 dtype state.
-    """
-    n, d = rows.shape
-    payload = rows.astype(np.uint8).tobytes()
-    array = (
-        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
-        + b"(K\x01M"
-        + n.to_bytes(2, "little")
-        + b"M"
-        + d.to_bytes(2, "little")
-        + b"\x86"
-        + b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
-        + b"\x89T"
-        + len(payload).to_bytes(4, "little")
-        + payload
-        + b"tb"
-    )
-    label_list = b"](" + b"".join(b"K" + bytes([label]) for label in labels) + b"e"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x80\x02}(U\x04data" + array + b"U\x06labels" + label_list + b"u.")
-
-
-def _cifar_batch(ids: range, num_classes: int, label_key: bytes) -> dict[bytes, object]:
-    rows = np.stack([_image(n).reshape(-1) for n in ids])  # channel-major: R plane, G plane, B plane
-    return {b"data": rows, label_key: [n % num_classes for n in ids], b"batch_label": b"batch"}
-
-
-@pytest.fixture
-def cifar10_root(tmp_path: Path) -> Path:
-    """5 train batches of 4 images (ids 0..19) and a test batch of 3 (ids 100..102)."""
-    folder = tmp_path / "cifar-10-batches-py"
-    for i in range(5):
-        ids = range(4 * i, 4 * i + 4)
-        # The train batches as the official files are written (Python 2), the test batch by Python 3.
-        rows = np.stack([_image(n).reshape(-1) for n in ids])
-        _write_py2_pickle(folder / f"data_batch_{i + 1}", rows, [n % 10 for n in ids])
-    _write_pickle(folder / "test_batch", _cifar_batch(range(100, 103), 10, b"labels"))
-    return tmp_path
-
-
-@pytest.fixture
-def cifar100_root(tmp_path: Path) -> Path:
-    folder = tmp_path / "cifar-100-python"
-    _write_pickle(folder / "train", {**_cifar_batch(range(50, 56), 100, b"fine_labels"), b"coarse_labels": [0] * 6})
-    _write_pickle(folder / "test", {**_cifar_batch(range(200, 202), 100, b"fine_labels"), b"coarse_labels": [0] * 2})
-    return tmp_path
-
-
-def _write_svhn(path: Path, ids: range) -> None:
-    from scipy.io import savemat
-
-    images = np.stack([_image(n) for n in ids])  # (N, C, H, W)
-    labels = np.array([[n % 10 + 1] for n in ids], dtype=np.uint8)  # 1..10, 10 is the digit 0
-    savemat(str(path), {"X": images.transpose(2, 3, 1, 0), "y": labels})  # stored as (H, W, C, N)
-
-
-@pytest.fixture
-def svhn_root(tmp_path: Path) -> Path:
-    _write_svhn(tmp_path / "train_32x32.mat", range(10))
-    _write_svhn(tmp_path / "test_32x32.mat", range(300, 304))
-    return tmp_path
 
 
 def _rows(split: Split) -> Counter[bytes]:
@@ -170,10 +93,10 @@ def test_cifar10_reader_round_trips_images_and_labels(cifar10_root: Path) -> Non
     assert splits.test.x.shape == (3, 3, 32, 32)
     # File order is kept: batch 1 (ids 0..3) first, ..., batch 5 last.
     for i in range(20):
-        assert torch.equal(splits.train.x[i], torch.from_numpy(_image(i)))
+        assert torch.equal(splits.train.x[i], torch.from_numpy(image(i)))
     assert splits.train.y.tolist() == [i % 10 for i in range(20)]
     assert splits.test.y.tolist() == [0, 1, 2]
-    assert torch.equal(splits.test.x[2], torch.from_numpy(_image(102)))
+    assert torch.equal(splits.test.x[2], torch.from_numpy(image(102)))
     assert splits.info.num_classes == 10 and splits.info.input_shape == (3, 32, 32)
     assert splits.info.mean == (0.4914, 0.4822, 0.4465)
 
@@ -188,7 +111,7 @@ def test_cifar_channel_major_layout(tmp_path: Path) -> None:
     row[2048 + 1023] = 50  # blue (31, 31)
     folder = tmp_path / "cifar-10-batches-py"
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        _write_pickle(folder / name, {b"data": row[None], b"labels": [3]})
+        write_pickle(folder / name, {b"data": row[None], b"labels": [3]})
     x = load_splits(DataConfig(name="cifar10", root=tmp_path, val_fraction=0.0)).test.x[0]
     assert (x[0, 0, 0], x[0, 0, 1], x[0, 1, 0], x[1, 0, 0], x[2, 31, 31]) == (10, 20, 30, 40, 50)
     assert int(x.sum()) == 150
@@ -216,7 +139,7 @@ def test_cifar100_reader(cifar100_root: Path) -> None:
     splits = load_splits(DataConfig(name="cifar100", root=cifar100_root, val_fraction=0.0))
     assert splits.train.x.shape == (6, 3, 32, 32) and splits.test.x.shape == (2, 3, 32, 32)
     assert splits.train.y.tolist() == list(range(50, 56))  # fine labels, not coarse
-    assert torch.equal(splits.test.x[1], torch.from_numpy(_image(201)))
+    assert torch.equal(splits.test.x[1], torch.from_numpy(image(201)))
     assert splits.info.num_classes == 100 and splits.info.std == (0.2673, 0.2564, 0.2762)
 
 
@@ -291,7 +214,7 @@ def test_download_calls_torchvision_then_reads(tmp_path: Path, monkeypatch: pyte
         folder = Path(root) / "cifar-10-batches-py"
         names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
         for name in names:
-            _write_pickle(folder / name, _cifar_batch(range(2), 10, b"labels"))
+            write_pickle(folder / name, cifar_batch(range(2), 10, b"labels"))
 
     monkeypatch.setattr("torchvision.datasets.CIFAR10", fake_cifar10)
     splits = load_splits(DataConfig(name="cifar10", root=tmp_path, download=True, val_fraction=0.0))
@@ -316,10 +239,10 @@ def test_svhn_reader_axis_order_and_label_10(svhn_root: Path) -> None:
     assert splits.train.x.dtype == torch.uint8 and splits.train.x.shape == (10, 3, 32, 32)
     assert splits.train.x.is_contiguous()
     for i in range(10):
-        assert torch.equal(splits.train.x[i], torch.from_numpy(_image(i)))
+        assert torch.equal(splits.train.x[i], torch.from_numpy(image(i)))
     assert splits.train.y.dtype == torch.int64
     assert splits.train.y.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]  # stored label 10 is the digit 0
-    assert torch.equal(splits.test.x[3], torch.from_numpy(_image(303)))
+    assert torch.equal(splits.test.x[3], torch.from_numpy(image(303)))
     assert splits.info.num_classes == 10 and splits.info.mean == (0.4377, 0.4438, 0.4728)
 
 
@@ -451,10 +374,10 @@ def test_augmentation_is_a_crop_and_flip_of_the_original() -> None:
     seen_flip = seen_shift = False
     ((out, y),) = list(Batches(split, 64, augment=True, generator=torch.Generator().manual_seed(1)))
     assert out.shape == x.shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
-    for image, label in zip(out, y, strict=True):
+    for augmented, label in zip(out, y, strict=True):
         original = x[label]
         candidates = _candidates(original)
-        matches = [k for k, cand in enumerate(candidates) if torch.equal(to_unit_float(cand), image)]
+        matches = [k for k, cand in enumerate(candidates) if torch.equal(to_unit_float(cand), augmented)]
         assert matches, "augmented image is no crop/flip of its original"
         seen_flip |= matches[0] >= 81
         seen_shift |= matches[0] % 81 != 40  # index 40 is the centred (unshifted) crop
