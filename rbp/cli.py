@@ -1,4 +1,4 @@
-"""``rbp`` command line: ``rbp train`` and ``rbp eval``.
+"""``rbp`` command line: ``rbp train``, ``rbp eval``, ``rbp export`` and ``rbp info``.
 
 Bad input (config typo, out-of-range value, missing data, bad checkpoint) prints one line
 ``rbp: error: ...`` naming the field and the fix, and exits with code 2.
@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rbp.errors import RbpError
+
+if TYPE_CHECKING:
+    from rbp.export import SizeBreakdown
 
 log = logging.getLogger("rbp")
 
@@ -59,14 +64,14 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from rbp.checkpoint import load_model
     from rbp.config import from_dict
     from rbp.data import Batches, Split, load_splits, to_unit_float
     from rbp.evaluate import accuracy, autoattack_accuracy
+    from rbp.export import load_any
     from rbp.train import resolve_device
 
     device = resolve_device(args.device)
-    model, cfg, _ = load_model(args.checkpoint, device)
+    model, cfg = load_any(args.checkpoint, device)  # a checkpoint or an exported .rbpz
     tree = cfg.to_dict()
     if args.data_root is not None:
         tree["data"]["root"] = str(args.data_root)
@@ -104,6 +109,67 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from rbp.export import export_run
+
+    out, _, sizes = export_run(args.source, args.out)
+    print(
+        f"kept weights {sizes.kept:,} of {sizes.weights:,} ({sizes.kept / sizes.weights:.2%})   "
+        f"file {out} {_bytes(sizes.subnet_bits)}   dense FP32 {_bytes(sizes.dense_fp32_bits)} "
+        f"({sizes.dense_fp32_bits / sizes.subnet_bits:,.0f}x larger)"
+    )
+    return 0
+
+
+def _bytes(bits: float) -> str:
+    """Bits as bytes in decimal units (1 KB = 1000 B), as file sizes are usually quoted."""
+    value = bits / 8
+    if value < 1e3:
+        return f"{value:,.0f} B"
+    return f"{value / 1e3:,.1f} KB" if value < 1e6 else f"{value / 1e6:,.1f} MB"
+
+
+def _info(args: argparse.Namespace) -> int:
+    from rbp.export import read_artefact, size_breakdown
+
+    artefact = read_artefact(args.artefact)  # validates everything, builds no model
+    header, cfg, data = artefact.header, artefact.config, artefact.header["data_info"]
+    written_by = f"rbp {header.get('rbp_version')}"
+    print(f"{args.artefact}: {header['format']} v{header['version']} ({written_by}), run {cfg.run_id()}")
+    print(
+        f"arch {cfg.model.arch} ({cfg.model.mode}, width {cfg.model.width or 'default'}, last BN {cfg.model.last_bn}), "
+        f"seed {cfg.seed}, init {cfg.init.scheme}, data {cfg.data.name} {tuple(data['input_shape'])} "
+        f"{data['num_classes']} classes"
+    )
+    print(f"sparsity {cfg.sparsity.allocation} (p {cfg.sparsity.p}), global density {cfg.sparsity.density}")
+    _print_layers(header["layers"])
+    _print_sizes(size_breakdown(artefact))
+    print("training metrics:" if header["metrics"] else "training metrics: none recorded")
+    for key, value in header["metrics"].items():
+        print(f"  {key} {value:.4f}" if isinstance(value, float) else f"  {key} {value}")
+    return 0
+
+
+def _print_layers(layers: list[dict]) -> None:
+    print(f"{'layer':<34} {'shape':<18} {'weights':>10} {'density':>9} {'kept':>8} {'encoding':>12} {'bytes':>8}")
+    for layer in layers:
+        shape, weights = "x".join(map(str, layer["shape"])), math.prod(layer["shape"])
+        print(
+            f"{layer['name']:<34} {shape:<18} {weights:>10,} {layer['density']:>9.4%} "
+            f"{layer['kept']:>8,} {layer['encoding']:>12} {layer['length']:>8,}"
+        )
+
+
+def _print_sizes(sizes: SizeBreakdown) -> None:
+    print(
+        f"kept weights {sizes.kept:,} of {sizes.weights:,} ({sizes.kept / sizes.weights:.2%})\n"
+        f"size {_bytes(sizes.subnet_bits)} = masks {_bytes(sizes.mask_bits)} + BN statistics "
+        f"{_bytes(sizes.stats_bits)} + header {_bytes(sizes.header_bits)} + zip {_bytes(sizes.container_bits)}\n"
+        f"mask entropy bound {_bytes(sizes.entropy_bits)}   dense FP32 {_bytes(sizes.dense_fp32_bits)}   "
+        f"binary dense {_bytes(sizes.binary_dense_bits)}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbp", description="Robust binary subnetworks: train, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -118,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     ev = commands.add_parser("eval", help="evaluate a checkpoint: clean, PGD or AutoAttack accuracy")
-    ev.add_argument("checkpoint", type=Path, help="a run's best.pt or last.pt")
+    ev.add_argument("checkpoint", type=Path, help="a run's best.pt or last.pt, or an exported .rbpz")
     ev.add_argument("--attack", choices=("clean", "pgd", "autoattack"), default="pgd")
     ev.add_argument("--steps", type=int, default=20, help="PGD steps")
     ev.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
@@ -133,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", type=Path, help="also write the result as JSON here")
     ev.set_defaults(handler=_eval)
+
+    export = commands.add_parser("export", help="write a subnet as a compact .rbpz artefact (seed + masks)")
+    export.add_argument("source", type=Path, help="a run folder (its best.pt is exported) or a checkpoint")
+    export.add_argument("--out", type=Path, help="the .rbpz to write; default: model.rbpz beside the checkpoint")
+    export.set_defaults(handler=_export)
+
+    info = commands.add_parser("info", help="describe a .rbpz: arch, per-layer densities, sizes, metrics")
+    info.add_argument("artefact", type=Path, help="an exported .rbpz")
+    info.set_defaults(handler=_info)
     return parser
 
 

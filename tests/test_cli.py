@@ -174,8 +174,9 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 
 def test_train_and_eval_on_cifar10_files(cifar10_root, tmp_path, capsys):
     """The README's CIFAR path on a tiny set of files in the real on-disk format."""
-    args = ["train", *FAST, "--set", "data.name=cifar10", "--set", f"data.root={cifar10_root}",
-            "--set", "data.batch_size=4", "--set", "data.val_fraction=0.2", "--set", f"run.out_dir={tmp_path / 'runs'}"]  # fmt: skip
+    data = ["data.name=cifar10", f"data.root={cifar10_root}", "data.batch_size=4", "data.val_fraction=0.2"]
+    args = ["train", *FAST, "--set", f"run.out_dir={tmp_path / 'runs'}"]
+    args += [arg for kv in data for arg in ("--set", kv)]
     assert main(args) == 0
     (folder,) = (tmp_path / "runs").iterdir()
     cfg_text = (folder / "config.yaml").read_text()
