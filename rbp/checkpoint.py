@@ -79,6 +79,27 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config]:
     return payload, cfg
 
 
+def pretrained_weights(cfg: Config) -> dict[str, torch.Tensor] | None:
+    """The dense state dict that ``init.scheme: pretrained`` (HYDRA-style) starts from, else None."""
+    if cfg.init.scheme != "pretrained":
+        return None
+    path = Path(cfg.init.pretrained).expanduser()
+    try:
+        payload, dense = read_checkpoint(path)
+    except RbpError as error:
+        raise RbpError(f"init.pretrained: {error}") from None
+    if dense.model.mode != "dense" or dense.model.spectral_norm:
+        raise RbpError(f"init.pretrained: {path} is a {dense.model.mode} model; give a dense run's best.pt")
+    return payload["model"]
+
+
+def build_configured(cfg: Config, data_info: dict[str, Any]) -> nn.Module:
+    """:func:`rbp.models.build_model` for ``cfg`` with what its files provide (a pretrained model)."""
+    info = data_info
+    return build_model(cfg, info["num_classes"], tuple(info["input_shape"]), info["mean"], info["std"],
+                       pretrained_weights(cfg))  # fmt: skip
+
+
 def _check_state(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     expected = model.state_dict()
     if set(state) != set(expected):
@@ -99,7 +120,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     info = payload.get("data_info")
     if not isinstance(info, dict) or not isinstance(payload.get("model"), dict):
         raise RbpError(f"checkpoint {path} is tampered: data_info or model state missing")
-    model = build_model(cfg, info["num_classes"], tuple(info["input_shape"]), info["mean"], info["std"])
+    model = build_configured(cfg, info)
     _check_state(path, model, payload["model"])
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), cfg, payload

@@ -2,7 +2,7 @@
 
 A config is built from defaults, then a YAML file, then ``--set a.b=c`` overrides. Fields whose
 default depends on the data set (eps, step size, validation fraction, augmentation) or on the
-model mode (init scheme) are ``None`` until :func:`resolve` fills them, so the resolved config
+model mode (init scheme) are ``None`` until the validators fill them, so the resolved config
 written to a run folder is fully concrete and its hash identifies the run.
 """
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rbp.errors import RbpError
 
 DatasetName = Literal["digits", "cifar10", "cifar100", "svhn", "synthetic"]
-InitScheme = Literal["binary", "signed_kaiming", "signed_kaiming_density", "scaled", "kaiming_normal"]
+InitScheme = Literal["binary", "signed_kaiming", "signed_kaiming_density", "scaled", "kaiming_normal", "pretrained"]
 
 # Threat-model defaults per data set: (eps, step size), pixel units in [0, 1].
 _ATTACK_DEFAULTS = {
@@ -64,8 +64,10 @@ class ModelConfig(_Section):
     arch: str = "convnet"
     mode: Literal["subnet", "binary", "dense"] = "subnet"
     width: int | None = Field(None, gt=0, description="base width; None is the architecture's default")
-    last_bn: Literal["none", "nonaffine"] = "nonaffine"
-    activation: Literal["relu"] = "relu"
+    last_bn: Literal["none", "nonaffine", "lipschitz"] = Field("nonaffine", description="BN over the logits")
+    activation: Literal["relu", "centered_softplus"] = "relu"
+    norm: Literal["batchnorm", "lipschitz"] = Field("batchnorm", description="hidden BNs; lipschitz caps their gain")
+    spectral_norm: bool = Field(False, description="spectrally normalised conv/linear weights (dense mode)")
     stem: Literal["cifar", "imagenet"] = "cifar"
 
     @field_validator("arch")
@@ -83,6 +85,7 @@ class InitConfig(_Section):
     alpha: float = Field(1.0, gt=0, description="multiplier of the 'scaled' scheme")
     score_scale: float = Field(0.01, gt=0, description="scores start as U(-a, a)")
     score_fan_in: bool = Field(False, description="divide the score scale by sqrt(fan_in)")
+    pretrained: Path | None = Field(None, description="scheme 'pretrained': a dense checkpoint whose weights are kept")
 
 
 class SparsityConfig(_Section):
@@ -130,6 +133,8 @@ class TrainConfig(_Section):
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     milestones: list[float] = Field([0.5, 0.75], description="step schedule: fractions of the epochs")
     gamma: float = Field(0.1, gt=0.0, le=1.0)
+    curvature_penalty: float = Field(0.0, ge=0.0, description="weight of sum(b) + sum(|log gamma|) (LCNN: 0.01)")
+    grad_norm_penalty: float = Field(0.0, ge=0.0, description="weight of the mean ||dCE/dx||^2 penalty")
 
     @field_validator("milestones")
     @classmethod
@@ -179,10 +184,15 @@ class Config(_Section):
             attack["step_size"] = 1.25 * attack["eps"] if self.train.method == "fgsm" else step * scale
         if self.init.scheme is None:
             self.init.__dict__["scheme"] = "kaiming_normal" if self.model.mode == "dense" else "binary"
-        if self.model.mode != "dense" and self.init.scheme == "kaiming_normal":
+        mode, scheme = self.model.mode, self.init.scheme
+        if mode != "dense" and scheme == "kaiming_normal":
             raise ValueError("init.scheme kaiming_normal is for dense models; binary/subnet weights are ±s")
-        if self.model.mode == "dense" and self.init.scheme != "kaiming_normal":
-            raise ValueError(f"init.scheme {self.init.scheme} makes ±s weights; dense models use kaiming_normal")
+        if mode == "dense" and scheme != "kaiming_normal":
+            raise ValueError(f"init.scheme {scheme} is not for dense models; dense models use kaiming_normal")
+        if scheme == "pretrained" and (mode != "subnet" or self.init.pretrained is None):
+            raise ValueError("init.scheme pretrained (HYDRA-style) needs model.mode=subnet and init.pretrained=CKPT")
+        if self.model.spectral_norm and mode != "dense":
+            raise ValueError("model.spectral_norm is for dense models (subnet/binary weights are fixed ±s)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

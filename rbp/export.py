@@ -321,6 +321,8 @@ def encode(model: nn.Module, cfg: Config, data_info: dict[str, Any], metrics: di
         raise RbpError(
             f"export is for subnet models (seed + masks); this model is {cfg.model.mode}: keep its checkpoint instead"
         )
+    if cfg.init.scheme == "pretrained":
+        raise RbpError("export needs weights the seed regenerates; init.scheme pretrained keeps a dense model's")
     layers, masks_blob, masks = _encode_masks(model)
     tensors, state_blob, arrays = _encode_state(model)
     header = {

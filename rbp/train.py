@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -16,12 +17,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rbp.attacks import bn_mode, pgd, trades_adversary, trades_loss
+from rbp.checkpoint import build_configured
 from rbp.config import Config
 from rbp.data import Batches, Splits, load_splits
 from rbp.errors import RbpError
 from rbp.evaluate import accuracy
-from rbp.models import build_model, kept_parameters
+from rbp.models import kept_parameters
 from rbp.nn import clip_binary_weights
+from rbp.nn.lcnn import curvature_penalty
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class Trainer:
         self.splits = splits or load_splits(cfg.data)
         info = self.splits.info
         torch.manual_seed(cfg.seed)  # attack random starts draw from the global generator
-        self.model = build_model(cfg, info.num_classes, info.input_shape, info.mean, info.std).to(self.device)
+        self.model = build_configured(cfg, asdict(info)).to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.train.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
@@ -97,6 +100,18 @@ class Trainer:
             )
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss + penalties, logits of the inputs the loss is about)."""
+        loss, logits = self._method_loss(x, y)
+        train = self.cfg.train
+        if train.curvature_penalty > 0:
+            loss = loss + train.curvature_penalty * curvature_penalty(self.model)
+        if train.grad_norm_penalty > 0:
+            x_in = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(self.model(x_in), y), x_in, create_graph=True)
+            loss = loss + train.grad_norm_penalty * grad.flatten(1).pow(2).sum(dim=1).mean()
+        return loss, logits
+
+    def _method_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits on the inputs the loss is about: adversarial for PGD/FGSM/TRADES)."""
         method = self.cfg.train.method
         if method == "clean":

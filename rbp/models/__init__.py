@@ -1,13 +1,14 @@
 """Architectures, each buildable in every mode (dense | binary | subnet) through one factory."""
 
 from rbp.models import resnet, small, wide_resnet  # noqa: F401  (register the architectures)
-from rbp.models.build import Normalize, build_model, kept_parameters, layer_report
+from rbp.models.build import Normalize, build_model, dense_width_for, kept_parameters, layer_report
 from rbp.models.registry import ArchSpec, get_builder, list_models, register_model
 
 __all__ = [
     "ArchSpec",
     "Normalize",
     "build_model",
+    "dense_width_for",
     "get_builder",
     "kept_parameters",
     "layer_report",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from rbp.models.registry import ArchSpec, get_builder
 from rbp.nn import LayerFactory, allocate, initialize, subnet_layers, weight_layers
+from rbp.nn.lcnn import LipschitzBatchNorm1d
 
 if TYPE_CHECKING:
     from rbp.config import Config
@@ -28,16 +30,41 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def _last_bn(kind: str, num_classes: int) -> nn.Module:
+    if kind == "nonaffine":
+        return nn.BatchNorm1d(num_classes, affine=False)
+    return LipschitzBatchNorm1d(num_classes) if kind == "lipschitz" else nn.Identity()
+
+
+@torch.no_grad()
+def _adopt_pretrained(model: nn.Module, weights: Mapping[str, torch.Tensor] | None, score_scale: float) -> None:
+    """HYDRA-style start: keep a dense model's weights frozen, scores ∝ |w| (magnitude pruning)."""
+    if weights is None:
+        raise ValueError("init.scheme pretrained needs the dense model's state dict")
+    for name, layer in subnet_layers(model).items():
+        w = weights.get(f"{name}.weight")
+        if w is None or w.shape != layer.weight.shape:
+            raise ValueError(f"the pretrained model has no weight of shape {tuple(layer.weight.shape)} for {name}")
+        layer.weight.copy_(w)
+        layer.scores.copy_(w.abs() / w.abs().max().clamp_min(1e-12) * score_scale)
+
+
 def build_model(
-    cfg: Config, num_classes: int, input_shape: tuple[int, int, int], mean: Sequence[float], std: Sequence[float]
+    cfg: Config,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    pretrained: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Sequential:
     """``Sequential(normalize, body, last_bn)`` with densities allocated and weights seeded.
 
     Layer names (``body.<...>``) are the keys of per-layer densities and of the weight generators.
+    ``pretrained`` is the dense state dict that ``init.scheme: pretrained`` keeps as frozen weights.
     """
-    factory = LayerFactory(mode=cfg.model.mode, activation=cfg.model.activation)
+    factory = LayerFactory(mode=cfg.model.mode, activation=cfg.model.activation, norm=cfg.model.norm)
     spec = ArchSpec(num_classes, tuple(input_shape), cfg.model.width, cfg.model.stem)
-    last_bn = nn.BatchNorm1d(num_classes, affine=False) if cfg.model.last_bn == "nonaffine" else nn.Identity()
+    last_bn = _last_bn(cfg.model.last_bn, num_classes)
     model = nn.Sequential()
     model.add_module("normalize", Normalize(mean, std))
     model.add_module("body", get_builder(cfg.model.arch)(factory, spec))
@@ -53,12 +80,37 @@ def build_model(
     initialize(
         model,
         seed=cfg.seed,
-        scheme=cfg.init.scheme,
+        scheme="binary" if cfg.init.scheme == "pretrained" else cfg.init.scheme,
         alpha=cfg.init.alpha,
         score_scale=cfg.init.score_scale,
         score_fan_in=cfg.init.score_fan_in,
     )
+    if cfg.init.scheme == "pretrained":
+        _adopt_pretrained(model, pretrained, cfg.init.score_scale)
+    if cfg.model.spectral_norm:
+        for layer in weight_layers(model).values():
+            spectral_norm(layer)
     return model
+
+
+def dense_width_for(cfg: Config, num_classes: int, input_shape: tuple[int, int, int], target: int) -> int:
+    """Width of the dense ``cfg.model.arch`` whose conv/linear weight count is closest to ``target``.
+
+    For the ``small_dense`` baseline: a full-precision network narrowed to a subnet's kept count.
+    """
+    factory = LayerFactory(mode="dense")
+
+    def weights(width: int) -> int:
+        body = get_builder(cfg.model.arch)(factory, ArchSpec(num_classes, tuple(input_shape), width, cfg.model.stem))
+        return sum(layer.weight.numel() for layer in weight_layers(body).values())
+
+    low, high = 1, max(2, cfg.model.width or 64)
+    while weights(high) < target:  # weight count grows with width: bracket, then bisect
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if weights(middle) < target else (low, middle)
+    return min((low, high), key=lambda w: abs(weights(w) - target))
 
 
 def layer_report(model: nn.Module) -> list[dict]:

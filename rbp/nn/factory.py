@@ -8,6 +8,7 @@ from typing import Literal
 from torch import nn
 
 from rbp.nn.layers import BinaryConv2d, BinaryLinear, SubnetConv2d, SubnetLinear
+from rbp.nn.lcnn import CenteredSoftplus, LipschitzBatchNorm1d, LipschitzBatchNorm2d
 
 Mode = Literal["dense", "binary", "subnet"]
 
@@ -21,15 +22,19 @@ class LayerFactory:
 
     ``subnet``: frozen ±s weights with trained scores; every batch norm is non-affine and no
     layer has a bias, so nothing but scores is trained. ``binary``: learned sign weights.
-    ``dense``: ordinary full-precision layers with affine batch norm.
+    ``dense``: ordinary full-precision layers with affine batch norm. ``norm="lipschitz"`` makes
+    every batch norm a non-affine one with a learned gain bound (the LCNN's).
     """
 
     mode: Mode = "subnet"
     activation: str = "relu"
+    norm: str = "batchnorm"
 
     def __post_init__(self) -> None:
         if self.mode not in _CONV:
             raise ValueError(f"unknown mode {self.mode!r}; choose dense, binary or subnet")
+        if self.norm not in ("batchnorm", "lipschitz"):
+            raise ValueError(f"unknown norm {self.norm!r}; choose batchnorm or lipschitz")
 
     @property
     def affine_bn(self) -> bool:
@@ -42,12 +47,18 @@ class LayerFactory:
         return _LINEAR[self.mode](fin, fout, bias=bias and self.mode != "subnet")
 
     def bn2d(self, channels: int) -> nn.BatchNorm2d:
+        if self.norm == "lipschitz":
+            return LipschitzBatchNorm2d(channels)
         return nn.BatchNorm2d(channels, affine=self.affine_bn)
 
     def bn1d(self, features: int) -> nn.BatchNorm1d:
+        if self.norm == "lipschitz":
+            return LipschitzBatchNorm1d(features)
         return nn.BatchNorm1d(features, affine=self.affine_bn)
 
     def act(self) -> nn.Module:
         if self.activation == "relu":
             return nn.ReLU(inplace=True)
+        if self.activation == "centered_softplus":
+            return CenteredSoftplus()
         raise ValueError(f"unknown activation {self.activation!r}")
