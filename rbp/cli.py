@@ -1,4 +1,4 @@
-"""``rbp`` command line: ``rbp train``, ``rbp eval``, ``rbp export`` and ``rbp info``.
+"""``rbp`` command line: ``train``, ``eval``, ``export``, ``info``, ``ablate``, ``tables``, ``tune``, ``best``.
 
 Bad input (config typo, out-of-range value, missing data, bad checkpoint) prints one line
 ``rbp: error: ...`` naming the field and the fix, and exits with code 2.
@@ -170,6 +170,81 @@ def _print_sizes(sizes: SizeBreakdown) -> None:
     )
 
 
+def _render(spec) -> None:
+    from rbp.figures import write_figures
+    from rbp.results import read_results
+    from rbp.tables import write_tables
+
+    results = read_results(spec.folder / "rows")
+    tables = write_tables(spec, results)
+    figures = write_figures(spec, results)
+    print((spec.folder / "tables" / "tables.md").read_text())
+    print(f"wrote {len(tables)} table files and {len(figures)} figure files under {spec.folder}")
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from rbp.ablation import load_spec, run_ablation
+
+    spec = load_spec(args.spec)
+    ran = run_ablation(spec, address=args.address)
+    print(f"ablation {spec.name}: ran {ran} missing run(s)")
+    _render(spec)
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    from rbp.ablation import load_spec
+
+    _render(load_spec(args.spec))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    # Ray, Optuna and MLflow load only here (and in rbp.tuning): `rbp train` works without them.
+    from rbp.tuning.launcher import TuneOptions, default_spec, run_tune
+
+    options = TuneOptions(
+        spec=args.spec or default_spec(),
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        resume=args.resume,
+        results=args.results,
+        storage=args.storage,
+        num_cpus=args.num_cpus,
+        overrides=args.overrides,
+        trials=args.trials,
+        report_every=args.report_every,
+        auth_mode=args.auth_mode,
+        verbose=args.verbose,
+    )
+    try:
+        return run_tune(options)
+    except KeyboardInterrupt:
+        print(f"rbp: interrupted; `rbp tune {options.spec} --resume` continues the search", file=sys.stderr)
+        return 130
+
+
+def _best(args: argparse.Namespace) -> int:
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise RbpError("rbp best needs the tuning extras (mlflow is missing): pip install -e '.[tune]'") from None
+    from rbp.tuning import tracking
+    from rbp.tuning.best import best_runs, best_table, write_config
+
+    if args.top < 1:
+        raise RbpError(f"--top must be at least 1, got {args.top}")
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, args.results)
+    tracking.check_tracking_uri(uri, must_exist=True)
+    ranked = best_runs(uri, args.experiment, args.metric, args.mode, args.top)
+    print(best_table(ranked, args.metric))
+    if args.write is not None:
+        write_config(ranked[0].config, args.write)
+        print(f"wrote {args.write} (trial {ranked[0].trial_id}, {args.metric} {ranked[0].value:.4f}); "
+              f"retrain it with: rbp train --config {args.write}")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbp", description="Robust binary subnetworks: train, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -208,6 +283,46 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a .rbpz: arch, per-layer densities, sizes, metrics")
     info.add_argument("artefact", type=Path, help="an exported .rbpz")
     info.set_defaults(handler=_info)
+
+    ablate = commands.add_parser("ablate", help="run an ablation spec's missing cells, then render its tables")
+    ablate.add_argument("spec", type=Path, help="e.g. ablations/digits_paper.yaml")
+    ablate.add_argument("--address", help="run the cells as Ray tasks on this cluster (e.g. auto)")
+    ablate.set_defaults(handler=_ablate)
+
+    tables = commands.add_parser("tables", help="render an ablation spec's tables and figures from its results")
+    tables.add_argument("spec", type=Path)
+    tables.set_defaults(handler=_tables)
+
+    tune = commands.add_parser("tune", help="hyperparameter search from a spec (Ray Tune + Optuna, MLflow tracking)")
+    tune.add_argument("spec", type=Path, nargs="?", help="search spec YAML (default: tune/digits.yaml)")
+    tune.add_argument("--address", help="Ray cluster to run on: auto, HOST:PORT or ray://HOST:PORT (default: local)")
+    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///results/mlflow.db)")
+    tune.add_argument("--resume", action="store_true", help="continue the newest interrupted search of the spec")
+    tune.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    tune.add_argument("--storage", help="Ray storage for checkpoints: a shared path or s3://... (default: results/ray)")
+    tune.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    tune.add_argument("--trials", type=int, help="override the spec's trial budget")
+    tune.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a core-config key in every trial, e.g. --set train.epochs=5 (repeatable)",
+    )
+    tune.add_argument("--report-every", type=int, default=30, help="seconds between progress tables (default 30)")
+    tune.add_argument("--auth-mode", choices=("token", "disabled"), help="RAY_AUTH_MODE (default: see docs/cluster.md)")
+    tune.set_defaults(handler=_tune)
+
+    best = commands.add_parser("best", help="the best runs of an MLflow experiment; --write a config to retrain")
+    best.add_argument("--experiment", required=True, help="MLflow experiment (the spec's `experiment`)")
+    best.add_argument("--metric", default="val_pgd_acc", help="rank by this metric (default val_pgd_acc)")
+    best.add_argument("--mode", choices=("max", "min"), default="max")
+    best.add_argument("--top", type=int, default=5)
+    best.add_argument("--write", type=Path, help="write the best run's config here (YAML for rbp train --config)")
+    best.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///results/mlflow.db)")
+    best.add_argument("--results", type=Path, default=Path("results"), help="where the default store lives")
+    best.set_defaults(handler=_best)
     return parser
 
 

@@ -221,7 +221,7 @@ def _format_error(error: ValidationError) -> str:
     return f"config error: {field or 'config'}: {message}"
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = tree
     for part in parents:
@@ -263,5 +263,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise RbpError(f"config error: {path} must hold a mapping of sections, not {type(loaded).__name__}")
         tree = loaded or {}
     for text in overrides:
-        _set_path(tree, *parse_override(text))
+        set_path(tree, *parse_override(text))
     return from_dict(tree)

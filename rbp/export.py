@@ -46,7 +46,7 @@ from rbp.checkpoint import load_model
 from rbp.config import Config, from_dict
 from rbp.errors import RbpError
 from rbp.models import build_model
-from rbp.nn import subnet_layers
+from rbp.nn import subnet_layers, weight_layers
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +264,28 @@ def model_size(
 ) -> SizeBreakdown:
     """:func:`size_breakdown` of the artefact ``model`` would export to (nothing is written)."""
     return size_breakdown(encode(model, cfg, data_info, metrics))
+
+
+def storage_bits(model: nn.Module, cfg: Config, data_info: dict[str, Any]) -> int:
+    """Bits to store ``model`` in its most compact faithful form: the one number the tables compare.
+
+    A seeded subnet: its ``.rbpz`` (:func:`model_size`). A HYDRA-style subnet (frozen weights from
+    a dense model): its masks + 32 bits per kept weight + the 32-bit state. Dense: 32 bits per
+    floating-point state value; binary: 1 bit per conv/linear weight and 32 bits for the rest.
+    """
+    if cfg.model.mode == "subnet" and cfg.init.scheme != "pretrained":
+        return model_size(model, cfg, data_info).subnet_bits
+    tensors = {k: t for k, t in model.state_dict().items() if t.is_floating_point()}
+    if cfg.model.mode == "subnet":
+        layers = subnet_layers(model)
+        masks_blob = _encode_masks(model)[1]
+        frozen = {f"{name}.{kind}" for name in layers for kind in ("weight", "scores")}
+        rest = sum(32 * t.numel() for k, t in tensors.items() if k not in frozen)
+        return 8 * len(masks_blob) + 32 * sum(layer.kept for layer in layers.values()) + rest
+    total = sum(32 * t.numel() for t in tensors.values())
+    if cfg.model.mode == "binary":
+        total -= 31 * sum(layer.weight.numel() for layer in weight_layers(model).values())
+    return total
 
 
 # --------------------------------------------------------------------------------------------

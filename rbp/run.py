@@ -25,6 +25,7 @@ from rbp.config import Config
 from rbp.data import to_unit_float
 from rbp.errors import RbpError
 from rbp.evaluate import autoattack_accuracy
+from rbp.export import storage_bits
 from rbp.models import kept_parameters, layer_report
 from rbp.train import EpochCallback, Trainer
 
@@ -141,6 +142,7 @@ def train_run(
 
     trainer.model, _, payload = load_model(best, trainer.device)
     kept, total = kept_parameters(trainer.model)
+    size = storage_bits(trainer.model, cfg, data_info)
     summary = {
         "run_id": cfg.run_id(),
         "run_dir": str(run_dir),
@@ -150,6 +152,8 @@ def train_run(
         "kept_params": kept,
         "total_params": total,
         "density": kept / total,
+        "size_bits": size,
+        "size_kb": size / 8 / 1000,
     }
     write_json(summary_path, summary)
     return summary

@@ -1,0 +1,261 @@
+"""Ablation specs: a grid of cells × seeds, run only where Parquet holds no result, then rendered.
+
+A spec (YAML, data not code) names a base config, seeds, and studies. Each study lists cells
+(named config variants, or a ``grid`` whose product makes the cells) and the columns of its table.
+A cell × seed is identified by its resolved config's run id: a result already in the results
+folder is reused, never recomputed. Tables and figures are pure functions of the results dataset
+and the spec (:mod:`rbp.tables`, :mod:`rbp.figures`).
+
+Two baselines need more than overrides: ``baseline: small_dense`` narrows the dense network to
+the base subnet's kept-weight count, and ``pretrained_from: CELL`` starts a HYDRA-style subnet
+from the best checkpoint of another (dense) cell with the same seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rbp.config import Config, from_dict, set_path
+from rbp.errors import RbpError
+from rbp.results import read_results, result_row, write_row
+
+log = logging.getLogger(__name__)
+
+# Metrics a table column may name; higher is better unless listed in LOWER_IS_BETTER.
+METRICS = (
+    "test_clean_acc",
+    "test_pgd20_acc",
+    "test_autoattack_acc",
+    "best_val_pgd_acc",
+    "kept_params",
+    "total_params",
+    "density",
+    "size_kb",
+)
+LOWER_IS_BETTER = {"kept_params", "total_params", "size_kb"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CellSpec(_Strict):
+    name: str
+    set: dict[str, Any] = Field(default_factory=dict, description="dotted core-config overrides")
+    baseline: Literal["small_dense"] | None = None
+    pretrained_from: str | None = Field(None, description="HYDRA-style: start from this cell's best.pt")
+
+
+class StudySpec(_Strict):
+    caption: str = ""
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides shared by the study's cells")
+    cells: list[CellSpec] = Field(default_factory=list)
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="field -> values; product adds cells")
+    columns: list[str] = Field(default_factory=lambda: ["test_clean_acc", "test_pgd20_acc", "kept_params"])
+
+    @model_validator(mode="after")
+    def _known_columns(self) -> StudySpec:
+        for column in self.columns:
+            if column not in METRICS:
+                raise ValueError(f"unknown metric {column!r}; choose from {', '.join(METRICS)}")
+        return self
+
+    def all_cells(self) -> list[CellSpec]:
+        keys = list(self.grid)
+        product = itertools.product(*(self.grid[k] for k in keys))
+        grid_cells = (
+            [
+                CellSpec(
+                    name=", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True)),
+                    set=dict(zip(keys, values, strict=True)),
+                )
+                for values in product
+            ]
+            if keys
+            else []
+        )
+        return [*self.cells, *grid_cells]
+
+
+class FigureSpec(_Strict):
+    kind: Literal["density_sweep", "layer_densities", "masks", "pareto"]
+    study: str | None = Field(None, description="density_sweep: the study whose cells vary the density")
+    baselines: list[str] = Field(default_factory=list, description="density_sweep: cells drawn as lines")
+    metric: str = "test_pgd20_acc"
+    rules: list[str] = Field(default_factory=lambda: ["uniform", "adaptive:0.1", "adaptive:0.5", "erk"])
+    cell: str | None = Field(None, description="masks: the cell whose trained subnet is drawn")
+    source: Path | None = Field(None, description="pareto: CSV of a multi-objective search's front")
+    name: str | None = None
+
+
+class AblationSpec(_Strict):
+    name: str
+    description: str = ""
+    results: Path | None = Field(None, description="folder of rows, runs, tables, figures; default results/<name>")
+    base: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    studies: dict[str, StudySpec]
+    figures: list[FigureSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> AblationSpec:
+        if not self.seeds:
+            raise ValueError("seeds is empty: give at least one seed")
+        for study_name, study in self.studies.items():
+            if not study.all_cells():
+                raise ValueError(f"study {study_name!r} has no cells: give cells or a non-empty grid")
+        if not self.studies:
+            raise ValueError("no studies: give at least one study with cells")
+        return self
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.results).expanduser() if self.results else Path("results") / self.name
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell at one seed: the config to run and where its row and run folder live."""
+
+    study: str
+    cell: str
+    seed: int
+    config: Config
+
+
+def load_spec(path: str | Path) -> AblationSpec:
+    """Read and validate an ablation spec, including every cell's config (one-line errors)."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise RbpError(f"ablation spec {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise RbpError(f"ablation spec {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    try:
+        spec = AblationSpec.model_validate(tree)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise RbpError(f"ablation spec {path}: {where}: {message}") from None
+    jobs(spec)  # every cell's config must validate now, not halfway through the runs
+    return spec
+
+
+def _cell_config(
+    spec: AblationSpec, cell: CellSpec, seed: int, resolve: dict[str, Callable], shared: dict[str, Any]
+) -> Config:
+    tree: dict[str, Any] = {}
+    for key, value in {
+        **spec.base,
+        **shared,
+        **cell.set,
+        "seed": seed,
+        "run.out_dir": str(spec.folder / "runs"),
+    }.items():
+        set_path(tree, key, value)
+    if cell.baseline == "small_dense":
+        set_path(tree, "model.width", resolve["small_dense"](spec, seed))
+    if cell.pretrained_from is not None:
+        set_path(tree, "init.pretrained", str(resolve["pretrained"](spec, cell.pretrained_from, seed)))
+    try:
+        return from_dict(tree)
+    except RbpError as error:
+        raise RbpError(f"ablation {spec.name}, cell {cell.name!r}: {error}") from None
+
+
+def _small_dense_width(spec: AblationSpec, seed: int) -> int:
+    """Width of the dense net whose weight count matches the base subnet's kept count."""
+    from rbp.data import load_splits
+    from rbp.models import build_model, dense_width_for, kept_parameters
+
+    tree: dict[str, Any] = {}
+    for key, value in {**spec.base, "seed": seed}.items():
+        set_path(tree, key, value)
+    base = from_dict(tree)
+    info = load_splits(base.data).info
+    kept, _ = kept_parameters(build_model(base, info.num_classes, info.input_shape, info.mean, info.std))
+    return dense_width_for(base, info.num_classes, info.input_shape, kept)
+
+
+def _find_cell(spec: AblationSpec, name: str) -> tuple[CellSpec, StudySpec]:
+    for study in spec.studies.values():
+        for cell in study.all_cells():
+            if cell.name == name:
+                return cell, study
+    raise RbpError(f"ablation {spec.name}: pretrained_from names no cell {name!r}")
+
+
+def _pretrained_path(spec: AblationSpec, name: str, seed: int) -> Path:
+    cell, study = _find_cell(spec, name)
+    source = _cell_config(spec, cell, seed, _RESOLVERS, study.set)
+    return spec.folder / "runs" / source.run_id() / "best.pt"
+
+
+_RESOLVERS: dict[str, Callable] = {"small_dense": _small_dense_width, "pretrained": _pretrained_path}
+
+
+def jobs(spec: AblationSpec) -> list[Job]:
+    """Every (study, cell, seed) of the spec with its resolved config, in spec order."""
+    out = []
+    for study_name, study in spec.studies.items():
+        for cell in study.all_cells():
+            for seed in spec.seeds:
+                out.append(Job(study_name, cell.name, seed, _cell_config(spec, cell, seed, _RESOLVERS, study.set)))
+    return out
+
+
+def _run_order(pending: list[Job]) -> list[Job]:
+    """Seed by seed, so every cell has a first result early; HYDRA cells after the dense runs they use."""
+    return sorted(pending, key=lambda job: (job.config.init.scheme == "pretrained", job.seed))
+
+
+def run_job(job: Job, rows_folder: Path) -> dict[str, Any]:
+    """Train one cell × seed (resuming its folder if a run was cut short) and write its row."""
+    from rbp.run import train_run
+    from rbp.train import Diverged
+
+    try:
+        summary = train_run(job.config, resume=True)
+        row = result_row(job.config, summary, extra={"cell": job.cell, "seed": job.seed})
+    except Diverged as error:
+        extra = {"cell": job.cell, "seed": job.seed}
+        row = result_row(job.config, {}, status="diverged", reason=str(error), extra=extra)
+    write_row(rows_folder, row)
+    return row
+
+
+def missing_jobs(spec: AblationSpec) -> list[Job]:
+    """Distinct jobs whose run id has no row in the results folder yet."""
+    table = read_results(spec.folder / "rows")
+    done = set(table["run_id"]) if "run_id" in table else set()
+    unique: dict[str, Job] = {}
+    for job in jobs(spec):
+        unique.setdefault(job.config.run_id(), job)
+    return [job for run_id, job in unique.items() if run_id not in done]
+
+
+def run_ablation(spec: AblationSpec, address: str | None = None) -> int:
+    """Run the spec's missing cells (serially, or as Ray tasks on ``address``); returns how many ran."""
+    pending = _run_order(missing_jobs(spec))
+    total = len({job.config.run_id() for job in jobs(spec)})
+    log.info("ablation %s: %d of %d runs missing", spec.name, len(pending), total)
+    rows_folder = spec.folder / "rows"
+    if address is None or not pending:
+        for index, job in enumerate(pending, 1):
+            log.info("[%d/%d] %s / %s / seed %d", index, len(pending), job.study, job.cell, job.seed)
+            run_job(job, rows_folder)
+        return len(pending)
+    from rbp.ablation_ray import run_on_ray  # the only place the ablation runner touches Ray
+
+    run_on_ray(pending, rows_folder, address)
+    return len(pending)

@@ -1,0 +1,168 @@
+"""Figures of an ablation spec (matplotlib, PNG + PDF): density sweeps, allocations, mask patterns, Pareto fronts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from rbp.ablation import AblationSpec, FigureSpec, jobs  # noqa: E402
+from rbp.config import from_dict, set_path  # noqa: E402
+from rbp.errors import RbpError  # noqa: E402
+from rbp.tables import HEADERS, study_rows  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame) -> plt.Figure:
+    """Metric (mean ± std over seeds) against the kept fraction, baselines as horizontal lines."""
+    if figure.study not in spec.studies:
+        raise RbpError(f"figure density_sweep: study {figure.study!r} is not in the spec")
+    # Only subnet cells have a kept fraction; dense references are drawn as baselines.
+    density_of = {
+        job.cell: job.config.sparsity.density
+        for job in jobs(spec)
+        if job.study == figure.study and job.config.model.mode == "subnet"
+    }
+    stats = {row.cell: row.stats.get(figure.metric) for row in study_rows(spec, figure.study, results)}
+    points = sorted(
+        ((density, stats[cell]) for cell, density in density_of.items() if stats.get(cell) is not None),
+        key=lambda point: point[0],
+    )
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if points:
+        ax.errorbar(
+            [100 * d for d, _ in points],
+            [100 * s.mean for _, s in points],
+            yerr=[100 * s.std for _, s in points],
+            marker="o",
+            capsize=3,
+            label="subnet (ours)",
+        )
+    for name in figure.baselines:
+        stat = _cell_stat(spec, results, name, figure.metric)
+        if stat is not None:
+            ax.axhline(100 * stat, linestyle="--", color="gray")
+            ax.annotate(name, (ax.get_xlim()[0], 100 * stat), fontsize=8, va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("kept weights (%)")
+    ax.set_ylabel(HEADERS.get(figure.metric, figure.metric))
+    if points:
+        ax.legend(loc="lower right")
+    return fig
+
+
+def _cell_stat(spec: AblationSpec, results: pd.DataFrame, cell: str, metric: str) -> float | None:
+    for study in spec.studies:
+        for row in study_rows(spec, study, results):
+            stat = row.stats.get(metric)
+            if row.cell == cell and stat is not None:
+                return stat.mean
+    return None
+
+
+def layer_densities(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
+    """Per-layer density of the base model under each allocation rule (``rule`` or ``adaptive:p``)."""
+    from rbp.data import load_splits
+    from rbp.models import build_model
+    from rbp.nn import allocate, subnet_layers
+
+    tree: dict = {}
+    for key, value in spec.base.items():
+        set_path(tree, key, value)
+    base = from_dict(tree)
+    info = load_splits(base.data).info
+    layers = subnet_layers(build_model(base, info.num_classes, info.input_shape, info.mean, info.std))
+    shapes = {name: tuple(layer.weight.shape) for name, layer in layers.items()}
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(shapes)), 3.5))
+    width = 0.8 / len(figure.rules)
+    for index, rule in enumerate(figure.rules):
+        name, _, p = rule.partition(":")
+        densities = allocate(shapes, base.sparsity.density, name, float(p) if p else 1.0)
+        ax.bar(
+            [i + index * width for i in range(len(shapes))], [100 * d for d in densities.values()], width, label=rule
+        )
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))])
+    ax.set_xticklabels([n.removeprefix("body.") for n in shapes], rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("kept weights (%)")
+    ax.set_title(f"allocation at global density {100 * base.sparsity.density:g}%")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def masks(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
+    """Mask patterns of a trained subnet: each layer's kept-weight map (conv: kept count per kernel)."""
+    from rbp.checkpoint import load_model
+    from rbp.nn import subnet_layers
+
+    job = next((j for j in jobs(spec) if j.cell == figure.cell), None)
+    if job is None:
+        raise RbpError(f"figure masks: no cell {figure.cell!r} in the spec")
+    checkpoint = spec.folder / "runs" / job.config.run_id() / "best.pt"
+    model, _, _ = load_model(checkpoint)
+    layers = subnet_layers(model)
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.2 * len(layers), 2.6), squeeze=False)
+    with torch.no_grad():
+        for ax, (name, layer) in zip(axes[0], layers.items(), strict=True):
+            mask = layer.mask()
+            # (out, in, kh, kw) -> kept count per kernel; linear layers are their (out, in) mask.
+            image = mask.flatten(2).sum(-1) if mask.dim() == 4 else mask
+            ax.imshow(image.cpu().numpy(), aspect="auto", cmap="magma", interpolation="nearest")
+            ax.set_title(f"{name.removeprefix('body.')}\n{100 * layer.kept / mask.numel():.1f}% kept", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"mask patterns: {figure.cell}, seed {job.seed} (rows: outputs, columns: inputs)", fontsize=8)
+    return fig
+
+
+def pareto(figure: FigureSpec) -> plt.Figure:
+    """Robust accuracy against kept weights of a multi-objective search, front highlighted."""
+    if figure.source is None or not Path(figure.source).is_file():
+        raise RbpError(f"figure pareto: source {figure.source} is not a CSV file; run the multi-objective search first")
+    front = pd.read_csv(figure.source)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    metric = figure.metric if figure.metric in front else next(c for c in front if c.endswith("acc"))
+    front = front.sort_values("kept_params")
+    ax.plot(front["kept_params"], 100 * front[metric], marker="o")
+    ax.set_xscale("log")
+    ax.set_xlabel("kept weights")
+    ax.set_ylabel(HEADERS.get(metric, metric))
+    return fig
+
+
+def write_figures(spec: AblationSpec, results: pd.DataFrame) -> list[Path]:
+    """Every figure of the spec as PNG + PDF under ``<folder>/figures``; a figure that cannot be
+    drawn yet (its runs are missing) is reported and skipped."""
+    written = []
+    for index, figure in enumerate(spec.figures):
+        name = figure.name or f"{index}_{figure.kind}"
+        try:
+            if figure.kind == "density_sweep":
+                fig = density_sweep(spec, figure, results)
+            elif figure.kind == "layer_densities":
+                fig = layer_densities(spec, figure)
+            elif figure.kind == "masks":
+                fig = masks(spec, figure)
+            else:
+                fig = pareto(figure)
+        except RbpError as error:
+            log.warning("figure %s skipped: %s", name, error)
+            continue
+        written += _save(fig, spec.folder / "figures", name)
+    return written

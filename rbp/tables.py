@@ -1,0 +1,170 @@
+"""Paper-style tables from the results dataset: Markdown and LaTeX (booktabs), mean ± std over seeds.
+
+Pure functions of the spec and the results table: every cell of a study gets a row even when
+it has no result (shown as ``—`` with a note, never dropped), the best mean of each column is in
+bold (highest accuracy, fewest parameters, smallest size).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from rbp.ablation import LOWER_IS_BETTER, AblationSpec, jobs
+
+HEADERS = {
+    "test_clean_acc": "clean (%)",
+    "test_pgd20_acc": "PGD-20 (%)",
+    "test_autoattack_acc": "AutoAttack (%)",
+    "best_val_pgd_acc": "val PGD (%)",
+    "kept_params": "kept weights",
+    "total_params": "weights",
+    "density": "density (%)",
+    "size_kb": "size (KB)",
+}
+PERCENT = {"test_clean_acc", "test_pgd20_acc", "test_autoattack_acc", "best_val_pgd_acc", "density"}
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass
+class Row:
+    cell: str
+    stats: dict[str, Stat | None]
+    seeds_expected: int
+    seeds_found: int
+    notes: list[str] = field(default_factory=list)
+
+
+def study_rows(spec: AblationSpec, study: str, results: pd.DataFrame) -> list[Row]:
+    """One :class:`Row` per cell of ``study``, in spec order, aggregated over its seeds."""
+    columns = spec.studies[study].columns
+    by_cell: dict[str, list[str]] = {}
+    for job in jobs(spec):
+        if job.study == study:
+            by_cell.setdefault(job.cell, []).append(job.config.run_id())
+    rows = []
+    for cell, run_ids in by_cell.items():
+        found = results[results["run_id"].isin(run_ids)] if "run_id" in results else pd.DataFrame()
+        found = found.drop_duplicates("run_id")
+        finished = found[found["status"] == "finished"] if "status" in found else found
+        stats: dict[str, Stat | None] = {}
+        for column in columns:
+            values = finished[column].dropna().astype(float).tolist() if column in finished else []
+            if values:
+                std = pd.Series(values).std(ddof=1) if len(values) > 1 else 0.0
+                stats[column] = Stat(sum(values) / len(values), float(std), len(values))
+            else:
+                stats[column] = None
+        row = Row(cell, stats, len(run_ids), len(finished))
+        if len(found) > len(finished):
+            row.notes.append(f"{len(found) - len(finished)} run(s) diverged")
+        if len(found) < len(run_ids):
+            row.notes.append(f"{len(run_ids) - len(found)} of {len(run_ids)} seeds have no result yet")
+        rows.append(row)
+    return rows
+
+
+def _best(rows: list[Row], column: str) -> float | None:
+    means = [r.stats[column].mean for r in rows if r.stats.get(column) is not None]
+    if not means:
+        return None
+    return min(means) if column in LOWER_IS_BETTER else max(means)
+
+
+def _format(column: str, stat: Stat | None) -> str:
+    if stat is None:
+        return "—"
+    if column in PERCENT:
+        text = f"{100 * stat.mean:.1f}"
+        return f"{text} ± {100 * stat.std:.1f}" if stat.n > 1 else text
+    if column in ("kept_params", "total_params"):
+        return f"{stat.mean:,.0f}"
+    return f"{stat.mean:,.1f}"
+
+
+def _cells(rows: list[Row], columns: list[str], bold: tuple[str, str]) -> list[list[str]]:
+    """Formatted cell text per row, the column's best mean wrapped in ``bold``."""
+    best = {column: _best(rows, column) for column in columns}
+    table = []
+    for row in rows:
+        texts = []
+        for column in columns:
+            stat, text = row.stats.get(column), _format(column, row.stats.get(column))
+            if stat is not None and best[column] is not None and math.isclose(stat.mean, best[column]):
+                text = f"{bold[0]}{text}{bold[1]}"
+            texts.append(text)
+        table.append(texts)
+    return table
+
+
+def _notes(rows: list[Row]) -> list[str]:
+    return [f"{row.cell}: {'; '.join(row.notes)}" for row in rows if row.notes]
+
+
+def markdown(spec: AblationSpec, study: str, results: pd.DataFrame) -> str:
+    """The study as a Markdown table with a caption line and notes for missing results."""
+    columns, rows = spec.studies[study].columns, study_rows(spec, study, results)
+    lines = [f"**{study}**: {spec.studies[study].caption} (mean ± std over {len(spec.seeds)} seeds)", ""]
+    lines.append("| cell | " + " | ".join(HEADERS[c] for c in columns) + " |")
+    lines.append("|---|" + "---|" * len(columns))
+    for row, texts in zip(rows, _cells(rows, columns, ("**", "**")), strict=True):
+        lines.append(f"| {row.cell} | " + " | ".join(texts) + " |")
+    notes = _notes(rows)
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for char, replacement in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, replacement)
+    return text
+
+
+def latex(spec: AblationSpec, study: str, results: pd.DataFrame) -> str:
+    """The study as a booktabs LaTeX table (``\\usepackage{booktabs}``)."""
+    columns, rows = spec.studies[study].columns, study_rows(spec, study, results)
+    cells = _cells(rows, columns, (r"\textbf{", "}"))
+    body = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{_latex_escape(spec.studies[study].caption or study)}}}",
+        r"\begin{tabular}{l" + "r" * len(columns) + "}",
+        r"\toprule",
+        "cell & " + " & ".join(_latex_escape(HEADERS[c]) for c in columns) + r" \\",
+        r"\midrule",
+    ]
+    for row, texts in zip(rows, cells, strict=True):
+        texts = [t.replace("±", r"$\pm$").replace("—", "--") for t in texts]
+        body.append(_latex_escape(row.cell) + " & " + " & ".join(texts) + r" \\")
+    body += [r"\bottomrule", r"\end{tabular}"]
+    notes = _notes(rows)
+    if notes:
+        body.append(r"\par\footnotesize " + _latex_escape("; ".join(notes)))
+    body.append(r"\end{table}")
+    return "\n".join(body) + "\n"
+
+
+def write_tables(spec: AblationSpec, results: pd.DataFrame) -> list[Path]:
+    """``<folder>/tables/<study>.md`` and ``.tex`` for every study, plus ``tables.md`` with them all."""
+    folder = spec.folder / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    written, combined = [], [f"# {spec.name}\n", spec.description + "\n" if spec.description else ""]
+    for study in spec.studies:
+        text = markdown(spec, study, results)
+        for suffix, content in ((".md", text), (".tex", latex(spec, study, results))):
+            path = folder / f"{study}{suffix}"
+            path.write_text(content)
+            written.append(path)
+        combined.append(text)
+    (folder / "tables.md").write_text("\n".join(combined))
+    return [*written, folder / "tables.md"]
