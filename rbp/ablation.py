@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rbp.config import Config, from_dict, set_path
+from rbp.config import Config, from_dict, read_yaml_mapping, set_path
 from rbp.errors import RbpError
 from rbp.results import read_results, result_row, write_row
 
@@ -134,12 +133,7 @@ class Job:
 def load_spec(path: str | Path) -> AblationSpec:
     """Read and validate an ablation spec, including every cell's config (one-line errors)."""
     path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise RbpError(f"ablation spec {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise RbpError(f"ablation spec {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    tree = read_yaml_mapping(path, "ablation spec error")
     try:
         spec = AblationSpec.model_validate(tree)
     except ValidationError as error:

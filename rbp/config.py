@@ -248,20 +248,23 @@ def from_dict(tree: dict[str, Any]) -> Config:
         raise RbpError(_format_error(error)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (an empty file is ``{}``); errors are one line prefixed by ``what``."""
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise RbpError(f"{what}: cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise RbpError(f"{what}: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise RbpError(f"{what}: {path} must hold a mapping, not {type(loaded).__name__}")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- YAML file at ``path`` <- ``KEY=VALUE`` overrides, validated and resolved."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as error:
-            raise RbpError(f"config error: cannot read {path}: {error.strerror}") from None
-        except yaml.YAMLError as error:
-            raise RbpError(f"config error: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise RbpError(f"config error: {path} must hold a mapping of sections, not {type(loaded).__name__}")
-        tree = loaded or {}
+    tree = read_yaml_mapping(path, "config error") if path is not None else {}
     for text in overrides:
         set_path(tree, *parse_override(text))
     return from_dict(tree)
