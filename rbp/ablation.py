@@ -149,7 +149,9 @@ def _cell_config(
     spec: AblationSpec, cell: CellSpec, seed: int, resolve: dict[str, Callable], shared: dict[str, Any]
 ) -> Config:
     tree: dict[str, Any] = {}
+    # Cells run unattended: no progress bars (the run section is not part of the run id).
     for key, value in {
+        "run.progress": False,
         **spec.base,
         **shared,
         **cell.set,
