@@ -200,13 +200,38 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def run_id(self) -> str:
-        """12 hex digits identifying the experiment: a hash of everything but the ``run`` section."""
-        body = {k: v for k, v in self.to_dict().items() if k != "run"}
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        """12 hex digits identifying the experiment: a hash of the resolved config but ``run``.
+
+        Fields equal to their declared default are left out of the hash, so adding a new knob
+        (with a default that keeps the old behaviour) leaves every existing run id unchanged.
+        """
+        canonical = json.dumps(_non_defaults(self, exclude={"run"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _non_defaults(section: BaseModel, exclude: set[str] = frozenset()) -> dict[str, Any]:
+    """The section's fields (JSON-safe) whose value differs from the field's declared default."""
+    values = section.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for name, field in type(section).model_fields.items():
+        if name in exclude:
+            continue
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            nested = _non_defaults(value)
+            if nested:
+                out[name] = nested
+        elif values[name] != _json_default(field):
+            out[name] = values[name]
+    return out
+
+
+def _json_default(field: Any) -> Any:
+    default = field.get_default(call_default_factory=True)
+    return json.loads(json.dumps(default, default=str)) if not isinstance(default, tuple) else list(default)
 
 
 def _format_error(error: ValidationError) -> str:

@@ -82,3 +82,14 @@ def test_bad_files_and_override_syntax(tmp_path):
         load_config(None, ["model.arch"])
     with pytest.raises(RbpError, match="not a section"):
         load_config(None, ["seed=1", "seed.x=2"])
+
+
+def test_run_id_ignores_fields_at_their_default():
+    """A new knob whose default keeps old behaviour must not change existing run ids."""
+    from rbp.config import _non_defaults
+
+    cfg = load_config(None, ["seed=2", "model.arch=mlp"])
+    body = _non_defaults(cfg, exclude={"run"})
+    assert body["seed"] == 2 and body["model"] == {"arch": "mlp"}
+    assert "train" not in body  # every train field at its default
+    assert load_config(None, ["seed=2", "model.arch=mlp", "train.epochs=15"]).run_id() == cfg.run_id()
