@@ -10,6 +10,7 @@ from rbp.nn.layers import (
     SubnetLinear,
     SubnetMixin,
     clip_binary_weights,
+    set_mask_cache,
     subnet_layers,
     weight_layers,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "clip_binary_weights",
     "initialize",
     "layer_generator",
+    "set_mask_cache",
     "subnet_layers",
     "weight_layers",
 ]

@@ -46,12 +46,24 @@ class _SignSTE(torch.autograd.Function):
         return grad * (latent.abs() <= 1).to(grad.dtype)
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 class SubnetMixin:
-    """Frozen ``weight`` buffer + trained ``scores``; the layer's ``density`` sets the kept count."""
+    """Frozen ``weight`` buffer + trained ``scores``; the layer's ``density`` sets the kept count.
+
+    The masked weight is cached: scores change only at an optimiser step, so the k+1 forwards
+    of a PGD-k step reuse one top-k and one ``weight * mask`` (in the autocast dtype, if any).
+    The cache key holds the scores' and weight's storage and in-place version counters, the
+    density, grad mode and autocast dtype, so any change of them recomputes it; a backward pass
+    through the cached tensor (which frees its graph) drops it. ``cache_mask = False`` disables it.
+    """
 
     weight: torch.Tensor
     scores: nn.Parameter
     density: float
+    cache_mask: bool
 
     def _make_subnet(self) -> None:
         frozen = self.weight.detach()
@@ -59,6 +71,8 @@ class SubnetMixin:
         self.register_buffer("weight", frozen)
         self.scores = nn.Parameter(torch.empty_like(frozen))
         self.density = 1.0
+        self.cache_mask = True
+        self._cached: tuple[tuple, torch.Tensor] | None = None
 
     def set_density(self, density: float) -> None:
         if not 0.0 < density <= 1.0:
@@ -74,8 +88,32 @@ class SubnetMixin:
         """0/1 tensor shaped like ``weight`` with exactly ``kept`` ones (STE to ``scores``)."""
         return _TopKMask.apply(self.scores.abs(), self.kept)
 
+    def _cache_key(self) -> tuple:
+        scores, weight = self.scores, self.weight
+        grad = torch.is_grad_enabled() and scores.requires_grad
+        return (scores.data_ptr(), scores._version, weight.data_ptr(), weight._version, self.density, grad,
+                _autocast_dtype(weight.device.type))  # fmt: skip
+
+    def _drop_cache(self, grad: torch.Tensor) -> None:
+        self._cached = None
+
+    def __getstate__(self) -> dict:
+        # The cached tensor belongs to a graph: copies and pickles start without it.
+        return {**self.__dict__, "_cached": None}
+
     def effective_weight(self) -> torch.Tensor:
-        return self.weight * self.mask()
+        """``weight * mask`` (cast to the autocast dtype when autocast is on), cached as described above."""
+        key = self._cache_key() if self.cache_mask else None
+        if key is not None and self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        masked = self.weight * self.mask()
+        if key is not None and key[-1] is not None:
+            masked = masked.to(key[-1])
+        if key is not None:
+            if masked.requires_grad:
+                masked.register_hook(self._drop_cache)
+            self._cached = (key, masked)
+        return masked
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, density={self.density:.4g}"
@@ -142,6 +180,13 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
 
 def subnet_layers(model: nn.Module) -> dict[str, SubnetMixin]:
     return {name: m for name, m in model.named_modules() if isinstance(m, SubnetMixin)}
+
+
+def set_mask_cache(model: nn.Module, enabled: bool) -> None:
+    """Turn the masked-weight cache of every subnet layer of ``model`` on or off."""
+    for layer in subnet_layers(model).values():
+        layer.cache_mask = enabled
+        layer._cached = None
 
 
 def clip_binary_weights(model: nn.Module) -> None:
