@@ -133,6 +133,8 @@ class TrainConfig(_Section):
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     milestones: list[float] = Field([0.5, 0.75], description="step schedule: fractions of the epochs")
     gamma: float = Field(0.1, gt=0.0, le=1.0)
+    amp: Literal["off", "bf16", "fp16"] = Field("off", description="autocast dtype of training steps (fp16: scaled)")
+    channels_last: bool = Field(False, description="channels-last memory format for model and images")
     curvature_penalty: float = Field(0.0, ge=0.0, description="weight of sum(b) + sum(|log gamma|) (LCNN: 0.01)")
     grad_norm_penalty: float = Field(0.0, ge=0.0, description="weight of the mean ||dCE/dx||^2 penalty")
 
@@ -158,6 +160,7 @@ class RunConfig(_Section):
     out_dir: Path = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
+    data_on_device: bool = Field(False, description="keep the training split on the device (GPU-resident data)")
 
 
 class Config(_Section):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from rbp.attacks import bn_mode, pgd, trades_adversary, trades_loss
 from rbp.checkpoint import build_configured
 from rbp.config import Config
-from rbp.data import Batches, Splits, load_splits
+from rbp.data import Batches, Split, Splits, load_splits
 from rbp.errors import RbpError
 from rbp.evaluate import accuracy
 from rbp.models import kept_parameters
@@ -65,6 +65,14 @@ class Trainer:
         info = self.splits.info
         torch.manual_seed(cfg.seed)  # attack random starts draw from the global generator
         self.model = build_configured(cfg, asdict(info)).to(self.device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.run.data_on_device:  # one copy now instead of one per batch
+            train = self.splits.train
+            self.splits.train = Split(train.x.to(self.device), train.y.to(self.device))
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+        self.autocast = lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.train.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
@@ -149,10 +157,14 @@ class Trainer:
             dynamic_ncols=True,
         )
         for step, (x, y) in enumerate(bar):
-            loss, logits = self._loss(x, y)
+            if self.cfg.train.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                loss, logits = self._loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             clip_binary_weights(self.model)
             loss_sum += loss.detach() * y.shape[0]
             correct += (logits.detach().argmax(dim=1) == y).sum()
@@ -204,6 +216,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "shuffle_rng": self.shuffle_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict(),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -213,6 +226,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.shuffle_generator.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
