@@ -138,6 +138,11 @@ class TrainConfig(_Section):
     curvature_penalty: float = Field(0.0, ge=0.0, description="weight of sum(b) + sum(|log gamma|) (LCNN: 0.01)")
     grad_norm_penalty: float = Field(0.0, ge=0.0, description="weight of the mean ||dCE/dx||^2 penalty")
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
     @field_validator("milestones")
     @classmethod
     def _fractions(cls, value: list[float]) -> list[float]:

@@ -48,3 +48,9 @@ def test_amp_is_part_of_the_run_id_but_data_placement_is_not():
     base = load_config()
     assert load_config(None, ["train.amp=bf16"]).run_id() != base.run_id()
     assert load_config(None, ["run.data_on_device=true"]).run_id() == base.run_id()
+
+
+def test_yaml_off_means_no_autocast(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n")
+    assert load_config(path).train.amp == "off" and load_config(None, ["train.amp=off"]).train.amp == "off"
