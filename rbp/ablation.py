@@ -13,6 +13,7 @@ from the best checkpoint of another (dense) cell with the same seed.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -171,13 +172,19 @@ def _cell_config(
 
 def _small_dense_width(spec: AblationSpec, seed: int) -> int:
     """Width of the dense net whose weight count matches the base subnet's kept count."""
-    from rbp.data import load_splits
-    from rbp.models import build_model, dense_width_for, kept_parameters
-
     tree: dict[str, Any] = {}
     for key, value in {**spec.base, "seed": seed}.items():
         set_path(tree, key, value)
-    base = from_dict(tree)
+    return _matched_width(from_dict(tree).model_dump_json())
+
+
+@functools.cache
+def _matched_width(base_json: str) -> int:
+    """Memoised per base config: every job listing asks again, and the answer needs the data's shape."""
+    from rbp.data import load_splits
+    from rbp.models import build_model, dense_width_for, kept_parameters
+
+    base = Config.model_validate_json(base_json)
     info = load_splits(base.data).info
     kept, _ = kept_parameters(build_model(base, info.num_classes, info.input_shape, info.mean, info.std))
     return dense_width_for(base, info.num_classes, info.input_shape, kept)
@@ -211,8 +218,9 @@ def jobs(spec: AblationSpec) -> list[Job]:
 
 
 def _run_order(pending: list[Job]) -> list[Job]:
-    """Seed by seed, so every cell has a first result early; HYDRA cells after the dense runs they use."""
-    return sorted(pending, key=lambda job: (job.config.init.scheme == "pretrained", job.seed))
+    """Seed by seed, so every cell has a first result early; within a seed, HYDRA cells after the dense
+    runs they start from."""
+    return sorted(pending, key=lambda job: (job.seed, job.config.init.scheme == "pretrained"))
 
 
 def run_job(job: Job, rows_folder: Path) -> dict[str, Any]:
