@@ -123,11 +123,12 @@ def masks(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
             mask = layer.mask()
             # (out, in, kh, kw) -> kept count per kernel; linear layers are their (out, in) mask.
             image = mask.flatten(2).sum(-1) if mask.dim() == 4 else mask
-            ax.imshow(image.cpu().numpy(), aspect="auto", cmap="magma", interpolation="nearest")
+            full = mask[0].numel() // image.shape[1] if mask.dim() == 4 else 1  # weights per kernel
+            ax.imshow(image.cpu().numpy(), aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=full)
             ax.set_title(f"{name.removeprefix('body.')}\n{100 * layer.kept / mask.numel():.1f}% kept", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"mask patterns: {figure.cell}, seed {job.seed} (rows: outputs, columns: inputs)", fontsize=8)
+    fig.suptitle(f"mask patterns: {figure.cell}, seed {job.seed} (rows: outputs, columns: inputs)", fontsize=8, y=1.1)
     return fig
 
 
