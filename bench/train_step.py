@@ -12,6 +12,7 @@ CPU); the table (images/s, ms/step, peak GPU memory) is printed last.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -21,18 +22,6 @@ import torch
 from rbp.config import load_config
 from rbp.data import Batches
 from rbp.train import Trainer
-
-
-def _step_fn(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    def step() -> None:
-        with trainer.autocast():
-            loss, _ = trainer._loss(x, y)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.scaler.scale(loss).backward()
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
-
-    return step
 
 
 def _time(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
@@ -88,7 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 x, y = next(iter(loader))
                 if trainer.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                seconds = _time(_step_fn(trainer, x, y), trainer.device, args.warmup, args.repeats)
+                seconds = _time(functools.partial(trainer.step, x, y), trainer.device, args.warmup, args.repeats)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if trainer.device.type == "cuda" else float("nan")
                 rows.append(
                     {

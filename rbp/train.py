@@ -134,6 +134,19 @@ class Trainer:
         logits = self.model(self._adversarial(x, y))
         return F.cross_entropy(logits, y), logits
 
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on a batch (attack, loss, backward, update); detached (loss, logits)."""
+        if self.cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            loss, logits = self._loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        clip_binary_weights(self.model)
+        return loss.detach(), logits.detach()
+
     def train_epoch(self, progress: bool = False) -> dict[str, float]:
         """One pass over the training split; returns mean loss and accuracy on the trained inputs."""
         self.model.train()
@@ -157,17 +170,9 @@ class Trainer:
             dynamic_ncols=True,
         )
         for step, (x, y) in enumerate(bar):
-            if self.cfg.train.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                loss, logits = self._loss(x, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            clip_binary_weights(self.model)
-            loss_sum += loss.detach() * y.shape[0]
-            correct += (logits.detach().argmax(dim=1) == y).sum()
+            loss, logits = self.step(x, y)
+            loss_sum += loss * y.shape[0]
+            correct += (logits.argmax(dim=1) == y).sum()
             seen += y.shape[0]
             if progress and step % 10 == 0:  # the only host sync, and only for the bar
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
