@@ -4,7 +4,7 @@ No two writers share a file (each run writes its own, named by run or trial id),
 written under a temporary name and renamed, so a crash never leaves half a row, and re-writing a
 name (a restarted trial) replaces its row instead of duplicating it.
 
-A row: ``run_id``, ``status`` (finished | diverged | failed), ``reason``, every config field
+A row: ``run_id``, ``status`` (finished | early_stopped | diverged | failed), ``reason``, every config field
 flattened as ``config.<section>.<key>``, the run's summary metrics, ``rbp_version``,
 ``git_commit``, ``finished_at`` (UTC ISO time), plus any extra keys the caller adds.
 """
@@ -27,7 +27,7 @@ from rbp.config import Config
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("finished", "diverged", "failed")
+STATUSES = ("finished", "early_stopped", "diverged", "failed")  # early_stopped: a search scheduler (ASHA) ended it
 
 
 @functools.cache

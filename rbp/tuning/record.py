@@ -1,0 +1,271 @@
+"""The driver callback that records every trial: one MLflow run and one Parquet row per trial.
+
+Ray calls it on the driver for every trial event. A trial's run is created when the trial first
+starts and found again by trial id when Ray restarts it (worker death, ``rbp tune --resume``), so
+restarts never duplicate runs; per-epoch metrics are logged with the epoch as step. When a trial
+ends, :meth:`TrialRecorder.finalize` logs the resolved config and the best checkpoint, writes the
+trial's Parquet row (named by trial id: a second write replaces it) and only then marks the run
+FINISHED (or FAILED for a diverged or errored trial, with the reason as a tag).
+
+Ray pickles this object with the experiment state, and ``--resume`` gets it back: it holds only
+plain settings, and reconnects to MLflow lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ray.tune import Callback
+
+from rbp import __version__
+from rbp.results import git_commit, read_results, result_row, write_row
+from rbp.tuning import tracking
+from rbp.tuning.configkeys import config_value_text, flatten_config
+from rbp.tuning.trainable import BEST, trial_config
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from ray.tune import ResultGrid
+    from ray.tune.experiment import Trial
+
+log = logging.getLogger(__name__)
+
+# Bookkeeping keys Ray adds to every result: not metrics of the model.
+_RAY_KEYS = frozenset(
+    "timestamp training_iteration time_this_iter_s time_total_s pid node_ip time_since_restore "
+    "iterations_since_restore done epoch".split()
+)
+
+
+class TrialRecorder(Callback):
+    """Mirrors trials into MLflow runs and Parquet rows; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str,
+        experiment_id: str,
+        search: str,
+        spec_path: str,
+        searched: list[str],
+        runs_dir: Path,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.experiment_id = experiment_id
+        self.search = search
+        self.spec_path = spec_path
+        self.searched = list(searched)
+        self.runs_dir = Path(runs_dir)
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # trial id -> MLflow run id
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_client=None, _runs={})
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = tracking.client(self.tracking_uri)
+        return self._client
+
+    # -- the run of a trial ---------------------------------------------------------------------
+    def run_of(self, trial_id: str, config: dict[str, Any]) -> str:
+        """MLflow run id of ``trial_id``: cached, found by tag, or created with its params."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        run = tracking.find_trial_run(self.client, self.experiment_id, trial_id)
+        if run is None:
+            run = self._create_run(trial_id, config)
+        if not run.data.params:  # created by a driver that died before logging them
+            self._log_params(run.info.run_id, config)
+        self._runs[trial_id] = run.info.run_id
+        return run.info.run_id
+
+    def _create_run(self, trial_id: str, config: dict[str, Any]):
+        tags = {
+            tracking.TRIAL_TAG: trial_id,
+            tracking.SEARCH_TAG: self.search,
+            tracking.SPEC_TAG: self.spec_path,
+            tracking.SEARCHED_TAG: json.dumps(self.searched),
+            tracking.SAMPLED_TAG: json.dumps(sampled_values(config, self.searched)),
+            tracking.RUN_ID_TAG: trial_config(config).run_id(),
+            tracking.GIT_TAG: git_commit(),
+            "rbp.version": __version__,
+            "mlflow.source.name": "rbp tune",
+        }
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=trial_id)
+
+    def _log_params(self, run_id: str, config: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten_config(trial_config(config))
+        params = [Param(key, config_value_text(value)) for key, value in flat.items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=params[start : start + 100])
+
+    def _mark_running(self, trial: Trial) -> None:
+        run_id = self.run_of(trial.trial_id, trial.config)
+        if self.client.get_run(run_id).info.status != "RUNNING":  # reopened by a restart or --resume
+            self.client.update_run(run_id, status="RUNNING")
+
+    # -- Ray callback hooks ---------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._mark_running(trial)
+
+    def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._mark_running(trial)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.run_of(trial.trial_id, trial.config)
+        step, now = int(result.get("epoch", 0)), int(time.time() * 1000)
+        values = tracking.numeric_metrics(result, _RAY_KEYS)
+        metrics = [Metric(key, value, now, step) for key, value in values.items()]
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.finalize(trial.trial_id, trial.config, trial.last_result, trial.checkpoint)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.finalize(trial.trial_id, trial.config, trial.last_result, trial.checkpoint, _error_reason(trial))
+
+    # -- the end of a trial ---------------------------------------------------------------------
+    def finalize(
+        self,
+        trial_id: str,
+        config: dict[str, Any],
+        last: dict[str, Any] | None,
+        checkpoint: Any = None,
+        error: str | None = None,
+    ) -> None:
+        """Record the end of a trial: artefacts, status tags, the Parquet row, then the run's status."""
+        last = dict(last or {})
+        cfg = trial_config(config)
+        if error is not None:
+            status, reason = "failed", error
+        elif last.get("diverged"):
+            status, reason = "diverged", str(last.get("reason", "loss is not finite"))
+        elif last.get("epochs_done", 0) < cfg.train.epochs:
+            status, reason = "early_stopped", None
+        else:
+            status, reason = "finished", None
+        run_id = self.run_of(trial_id, config)
+        kept = checkpoint if status in ("finished", "early_stopped") else None
+        artifact_bytes = self._log_artifacts(run_id, cfg, kept)
+        self.client.set_tag(run_id, tracking.STATUS_TAG, status)
+        if reason:
+            self.client.set_tag(run_id, tracking.REASON_TAG, reason[:5000])
+        run = self.client.get_run(run_id)
+        row = self._row(trial_id, run, config, cfg, last, status, reason, artifact_bytes)
+        write_row(self.runs_dir, row, name=trial_id)
+        self.client.set_terminated(run_id, "FAILED" if status in ("diverged", "failed") else "FINISHED")
+        log.info("trial %s %s (MLflow run %s)", trial_id, status, run_id)
+
+    def _log_artifacts(self, run_id: str, cfg: Any, checkpoint: Any) -> int | None:
+        """Log ``config.yaml`` and, when there is a checkpoint, ``best.pt``; returns best.pt's size."""
+        with tempfile.TemporaryDirectory(prefix="rbp-artefacts-") as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(cfg.to_yaml())
+            self.client.log_artifact(run_id, str(path))
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            best = Path(folder) / BEST
+            if not best.is_file():
+                return None
+            self.client.log_artifact(run_id, str(best))
+            return best.stat().st_size
+
+    def _row(self, trial_id, run, config, cfg, last, status, reason, artifact_bytes) -> dict[str, Any]:
+        """The trial's results row: :func:`rbp.results.result_row` plus the search's own columns."""
+        started = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
+        steps = cfg.eval.test_pgd_steps
+        summary_keys = ["best_epoch", "best_val_pgd_acc", "test_clean_acc", f"test_pgd{steps}_acc",
+                        "test_autoattack_acc", "kept_params", "total_params", "density"]  # fmt: skip
+        summary = {k: last[k] for k in summary_keys if k in last}
+        extra = {
+            "experiment": self.experiment,
+            "search": self.search,
+            "trial_id": trial_id,
+            "mlflow_run_id": run.info.run_id,
+            "sampled": json.dumps(sampled_values(config, self.searched)),  # the searched keys this trial drew
+            "epochs_done": last.get("epochs_done"),
+            **{f"final_{k}": last.get(k) for k in ("train_loss", "train_acc", "val_clean_acc", "val_pgd_acc")},
+            "artifact_bytes": artifact_bytes,
+            "started_at": started.isoformat(timespec="seconds"),
+            "train_seconds": last.get("train_seconds"),
+            "wall_seconds": (datetime.now(timezone.utc) - started).total_seconds(),
+        }
+        return result_row(cfg, summary, status=status, reason=reason or "", extra=extra)
+
+    # -- after the search -------------------------------------------------------------------------
+    def reconcile(self, grid: ResultGrid) -> int:
+        """Finalize ended trials that lack a row or a closed run (a callback that failed midway).
+
+        Call only when Ray ended every trial of the search (no interrupt); returns how many were
+        repaired.
+        """
+        repaired = 0
+        for result in grid:
+            metrics = result.metrics or {}
+            trial_id = metrics.get("trial_id")
+            if not trial_id:
+                continue  # never reported: nothing to record
+            has_row = (self.runs_dir / f"{trial_id}.parquet").is_file()
+            run = tracking.find_trial_run(self.client, self.experiment_id, trial_id)
+            if has_row and run is not None and run.info.status in ("FINISHED", "FAILED"):
+                continue
+            error = None if result.error is None else _first_line(result.error)
+            self.finalize(trial_id, result.config or {}, metrics, result.checkpoint, error)
+            repaired += 1
+        return repaired
+
+    def ended_trials(self) -> set[str]:
+        """Trial ids of this search that have their row (that ended, whichever driver saw it)."""
+        rows = read_results(self.runs_dir)
+        if rows.empty or "search" not in rows:
+            return set()
+        return set(rows.loc[rows["search"] == self.search, "trial_id"])
+
+    def close_open_runs(self, status: str) -> int:
+        """Set this search's RUNNING runs to ``status`` (KILLED on interrupt); returns how many."""
+        runs = tracking.search_all(
+            self.client,
+            self.experiment_id,
+            f"tags.`{tracking.SEARCH_TAG}` = '{self.search}' and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, status)
+        return len(runs)
+
+
+def sampled_values(config: dict[str, Any], searched: list[str]) -> dict[str, Any]:
+    """The searched keys a trial actually drew (a conditional one may be absent)."""
+    return {key: config[key] for key in searched if config.get(key) is not None}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def _error_reason(trial: Trial) -> str:
+    """The last line of the trial's error file (the exception), or a generic reason."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1][:300]
+    return "the trial failed (see its error.txt in the search folder)"

@@ -1,0 +1,138 @@
+"""Taking a search to a cluster: ``cluster.yaml`` passes Ray's own validation, and ``rbp tune
+--address`` runs on a real multi-process Ray cluster (a head and a worker node on loopback).
+
+The cluster test starts its Ray processes with a marker in their environment and a private
+``RAY_TMPDIR``, and stops exactly those processes by PID afterwards (never ``ray stop``, which
+stops every Ray process on the machine).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from test_tuning_resume import marked_pids, stop_marked
+
+from rbp.results import read_results
+from rbp.tuning import tracking
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def cluster_config() -> dict:
+    return yaml.safe_load((REPO / "cluster.yaml").read_text())
+
+
+def validated(config: dict) -> dict:
+    # Private API, the checks `ray up` runs before it touches a cloud; pinned with ray==2.60.0.
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def test_cluster_yaml_passes_ray_validation():
+    import ray
+
+    prepared = validated(cluster_config())
+    assert prepared["provider"]["type"] == "aws"
+    nodes = prepared["available_node_types"]
+    head, worker = nodes[prepared["head_node_type"]], nodes["gpu_worker"]
+    assert head["resources"] == {"CPU": 0}  # the head runs the driver, not trials
+    assert worker["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert worker["node_config"]["InstanceType"].startswith(("g", "p"))  # a GPU instance
+    assert worker["min_workers"] == 0 and worker["max_workers"] >= 1 and prepared["max_workers"] >= 1
+    setup = " ".join(prepared["setup_commands"])
+    assert f"ray[tune,default]=={ray.__version__}" in setup  # the tested Ray, never a nightly wheel
+    assert "-e ~/rbp[tune]" in setup and "nightly" not in setup and "ray-wheels" not in setup
+    starts = prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=" in c for c in starts if "ray start" in c)
+
+
+def test_the_commented_on_premise_variant_validates_too():
+    config = cluster_config()
+    config["provider"] = {"type": "local", "head_ip": "10.0.0.10", "worker_ips": ["10.0.0.11", "10.0.0.12"]}
+    config["auth"] = {"ssh_user": "ubuntu", "ssh_private_key": "~/.ssh/id_rsa"}
+    del config["available_node_types"], config["head_node_type"]
+    validated(config)
+    assert "type: local" in (REPO / "cluster.yaml").read_text() and "type: gcp" in (REPO / "cluster.yaml").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_nodes(address: str, env: dict, count: int, timeout: float = 90.0) -> None:
+    """Until ``ray status`` lists ``count`` active nodes (a joining node shows up after seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True, text=True,
+                                timeout=60)  # fmt: skip
+        active = status.stdout.split("Pending:")[0]
+        if active.count(" node_") >= count:
+            return
+        assert time.monotonic() < deadline, status.stdout + status.stderr
+        time.sleep(1.0)
+
+
+@pytest.fixture
+def local_cluster():
+    """A head (1 CPU) and a worker node (1 CPU) on 127.0.0.1; yields (address, env)."""
+    marker, port = uuid.uuid4().hex, free_port()
+    tmp = tempfile.mkdtemp(prefix="rbpt-", dir="/tmp")  # short: Ray's socket paths must fit
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RBP_TEST_MARKER": marker, "RAY_TMPDIR": tmp,
+           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    try:
+        head = [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common]
+        subprocess.run(head, env=env, check=True, timeout=180, capture_output=True)
+        worker = [RAY, "start", f"--address=127.0.0.1:{port}", *common]
+        subprocess.run(worker, env=env, check=True, timeout=180, capture_output=True)
+        wait_for_nodes(f"127.0.0.1:{port}", env, 2)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        stop_marked(marker)
+        assert not marked_pids(marker)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_search_runs_on_a_two_node_cluster_given_its_address(local_cluster, tmp_path):
+    address, env = local_cluster
+    spec = tmp_path / "cluster.yaml"
+    body = {
+        "experiment": "cluster",
+        "fixed": {"model.width": 8, "train.epochs": 2, "attack.steps": 2, "eval.val_pgd_steps": 2,
+                  "eval.test_pgd_steps": 2},
+        "space": {"train.lr": {"type": "loguniform", "low": 0.02, "high": 0.2}},
+        "sampler": {"type": "random", "seed": 0},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "trials": 2,
+        "concurrency": 2,  # 1 CPU each: one trial per node
+    }  # fmt: skip
+    spec.write_text(yaml.safe_dump(body))
+    cmd = [sys.executable, "-m", "rbp.cli", "tune", str(spec), "--address", address, "--auth-mode", "disabled",
+           "--report-every", "5"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert re.search(r"resource usage: 2(\.0)?/2(\.0)? CPUs", done.stdout)  # both nodes busy at once
+    rows = read_results(tmp_path / "results" / "cluster" / "runs")
+    assert len(rows) == 2 and set(rows["status"]) <= {"finished", "early_stopped"}
+    client = tracking.client(tracking.resolve_tracking_uri(None, tmp_path / "results"))
+    runs = tracking.search_all(client, client.get_experiment_by_name("cluster").experiment_id)
+    assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}

@@ -1,0 +1,149 @@
+"""Killing the ``rbp tune`` driver mid-search (SIGINT, SIGKILL) and ``--resume``: every trial exactly once.
+
+The driver runs as a subprocess with a marker in its environment; Ray's processes inherit it, so
+after a SIGKILL the leftovers of *this* search are found by the marker and stopped by PID (never
+``ray stop``, which would stop every Ray process on the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rbp.results import read_results
+from rbp.tuning import tracking
+
+pytestmark = pytest.mark.slow
+
+RBP = [sys.executable, "-m", "rbp.cli"]
+TINY = {"model.width": 8, "train.epochs": 4, "attack.steps": 2, "eval.val_pgd_steps": 2, "eval.test_pgd_steps": 2}
+
+
+def marked_pids(marker: str) -> list[int]:
+    """PIDs of processes whose environment holds ``RBP_TEST_MARKER=<marker>``."""
+    needle = f"RBP_TEST_MARKER={marker}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def stop_marked(marker: str, grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL, every process carrying ``marker`` (what this test started).
+
+    Ray's GCS and raylets can take many seconds over a SIGTERM (``ray stop`` waits 16 s); after
+    ``grace`` seconds whatever is left is killed.
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        for pid in marked_pids(marker):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while marked_pids(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not marked_pids(marker):
+            return
+
+
+class Driver:
+    """``python -m rbp.cli tune ...`` in ``folder``, marked, output in ``folder/<name>.log``."""
+
+    def __init__(self, folder: Path, marker: str) -> None:
+        self.folder, self.marker = folder, marker
+        # A private RAY_TMPDIR: this search's Ray session (and its address file) stays out of /tmp/ray.
+        self.env = {**os.environ, "RBP_TEST_MARKER": marker, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+                    "RAY_TMPDIR": tempfile.mkdtemp(prefix="rbpt-", dir="/tmp")}  # fmt: skip
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.folder / f"{name}.log").open("w")
+        cmd = [*RBP, "tune", *args, "--num-cpus", "2", "--report-every", "5", "--auth-mode", "disabled"]
+        return subprocess.Popen(cmd, cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text()
+
+
+def rows_of(folder: Path):
+    return read_results(folder / "results" / "resume" / "runs")
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def driver(tmp_path):
+    marker = uuid.uuid4().hex
+    driver = Driver(tmp_path, marker)
+    yield driver
+    stop_marked(marker)
+    shutil.rmtree(driver.env["RAY_TMPDIR"], ignore_errors=True)
+
+
+def spec_file(folder: Path) -> Path:
+    body = {
+        "experiment": "resume",
+        "fixed": TINY,
+        "space": {"train.lr": {"type": "loguniform", "low": 0.02, "high": 0.2}},
+        "sampler": {"type": "random", "seed": 0},
+        "trials": 3,
+        "concurrency": 2,
+    }
+    path = folder / "resume.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_killed_driver_then_resume_records_every_trial_once(driver, tmp_path, sig):
+    spec = spec_file(tmp_path)
+    first = driver.start("first", str(spec))
+    wait_for(lambda: len(rows_of(tmp_path)) >= 1 or first.poll() is not None, 240, "a first finished trial")
+    assert first.poll() is None, driver.log("first")[-3000:]
+    os.kill(first.pid, sig)  # the driver only; Ray's own processes are its children
+    code = first.wait(timeout=120)
+    if sig == signal.SIGKILL:
+        stop_marked(driver.marker)  # what the killed driver left running
+        assert code == -signal.SIGKILL
+    else:
+        assert code == 130, driver.log("first")[-3000:]
+        assert "--resume` continues it" in driver.log("first")
+    assert len(rows_of(tmp_path)) < 3  # interrupted mid-search
+
+    second = driver.start("second", str(spec), "--resume")
+    assert second.wait(timeout=300) == 0, driver.log("second")[-3000:]
+    assert "resume-" in driver.log("second") and "3 trials (3 finished)" in driver.log("second")
+
+    rows = rows_of(tmp_path)
+    assert len(rows) == 3 and rows["trial_id"].is_unique and set(rows["status"]) == {"finished"}
+    assert len(set(rows["search"])) == 1  # one search, continued
+    client = tracking.client(tracking.resolve_tracking_uri(None, tmp_path / "results"))
+    runs = tracking.search_all(client, client.get_experiment_by_name("resume").experiment_id)
+    trial_ids = [run.data.tags[tracking.TRIAL_TAG] for run in runs]
+    assert sorted(trial_ids) == sorted(rows["trial_id"])  # one run per trial: restarts reused theirs
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert {run.info.run_id for run in runs} == set(rows["mlflow_run_id"])
+    for run in runs:  # a restarted trial's metric history reaches its last epoch
+        assert max(m.step for m in client.get_metric_history(run.info.run_id, "val_pgd_acc")) == 4
