@@ -23,16 +23,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("rbp")
 
 
+def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config (sections data, model, init, sparsity, ...)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one field, e.g. --set model.arch=resnet18 (repeatable)",
-    )
+    _add_overrides(parser, "override one field, e.g. --set model.arch=resnet18 (repeatable)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -302,14 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--storage", help="Ray storage for checkpoints: a shared path or s3://... (default: results/ray)")
     tune.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
     tune.add_argument("--trials", type=int, help="override the spec's trial budget")
-    tune.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fix a core-config key in every trial, e.g. --set train.epochs=5 (repeatable)",
-    )
+    _add_overrides(tune, "fix a core-config key in every trial, e.g. --set train.epochs=5 (repeatable)")
     tune.add_argument("--report-every", type=int, default=30, help="seconds between progress tables (default 30)")
     tune.add_argument("--auth-mode", choices=("token", "disabled"), help="RAY_AUTH_MODE (default: see docs/cluster.md)")
     tune.set_defaults(handler=_tune)

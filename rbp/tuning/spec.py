@@ -22,10 +22,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rbp.config import Config, from_dict, parse_override
+from rbp.config import Config, from_dict, parse_override, read_yaml_mapping
 from rbp.errors import RbpError
 from rbp.tuning.configkeys import config_keys, flatten_config, unflatten_config
 
@@ -201,17 +200,7 @@ def _format_validation(path: Path, error: ValidationError) -> RbpError:
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise RbpError(f"spec error: cannot read {what} {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise RbpError(f"spec error: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise RbpError(f"spec error: {path} must hold a mapping, not {type(loaded).__name__}")
-    return loaded
+    return read_yaml_mapping(path, f"spec error: {what}")
 
 
 def _validated(where: str, flat: dict[str, Any]) -> Config:
