@@ -1,7 +1,9 @@
 """The masked-weight cache: identical results to recomputing, one top-k per step, never stale."""
 
 import copy
+import functools
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,7 +11,7 @@ from rbp.attacks import pgd
 from rbp.config import load_config
 from rbp.models import build_model
 from rbp.nn import layers as layers_module
-from rbp.nn import set_mask_cache, subnet_layers
+from rbp.nn import set_mask_cache, subnet_layers, topk_masks
 
 
 def _model():
@@ -28,7 +30,10 @@ def _pgd_training_step(model, x, y, optimizer):
     return loss.detach(), grads
 
 
-def test_cached_and_uncached_give_identical_outputs_and_gradients():
+@pytest.mark.parametrize("method", ["topk", "sort"])
+def test_cached_and_uncached_give_identical_outputs_and_gradients(method, monkeypatch):
+    # The cached path takes its masks from one grouped call: force either algorithm there.
+    monkeypatch.setattr(layers_module, "topk_masks", functools.partial(layers_module.topk_masks, method=method))
     cached, plain = _model(), _model()
     set_mask_cache(plain, False)
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
@@ -42,23 +47,60 @@ def test_cached_and_uncached_give_identical_outputs_and_gradients():
             assert torch.equal(grads_c[name], grads_p[name]), name
 
 
-def test_one_top_k_per_layer_per_optimiser_step(monkeypatch):
+def test_one_grouped_sort_per_optimiser_step(monkeypatch):
     model = _model()
     calls = []
-    original = layers_module._TopKMask.forward
+    original = layers_module.topk_masks
 
-    def counting(ctx, magnitudes, kept):
-        calls.append(kept)
-        return original(ctx, magnitudes, kept)
+    def counting(magnitudes, kept, method=None):
+        calls.append(len(magnitudes))
+        return original(magnitudes, kept, method)
 
-    monkeypatch.setattr(layers_module._TopKMask, "forward", staticmethod(counting))
+    monkeypatch.setattr(layers_module, "topk_masks", counting)
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     _pgd_training_step(model, x, y, opt)  # 4 attack forwards + 1 training forward
-    assert len(calls) == len(subnet_layers(model))
+    assert calls == [len(subnet_layers(model))]  # every layer's mask from one call
     calls.clear()
     _pgd_training_step(model, x, y, opt)  # scores changed: recomputed once more, not per forward
-    assert len(calls) == len(subnet_layers(model))
+    assert calls == [len(subnet_layers(model))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grouped_sort_and_per_layer_topk_keep_the_same_weights(seed):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(5, 3, 3, 3), (17,), (64, 40), (1, 1)]
+    magnitudes = [torch.rand(s, generator=gen) * 10 ** float(torch.randn((), generator=gen)) for s in shapes]
+    kept = [1 + int(torch.randint(0, m.numel(), (), generator=gen)) for m in magnitudes]
+    sort, topk = topk_masks(magnitudes, kept, "sort"), topk_masks(magnitudes, kept, "topk")
+    for m, k, a, b in zip(magnitudes, kept, sort, topk, strict=True):
+        assert a.shape == m.shape and int(a.sum()) == k
+        assert torch.equal(a, b)
+        if k < m.numel():
+            assert m[a.bool()].min() > m[~a.bool()].max()
+
+
+def test_grouped_sort_keeps_exact_counts_under_ties_and_zeros():
+    magnitudes = [torch.zeros(10), torch.full((3, 4), 0.5), torch.tensor([0.0, 2.0, 2.0, 2.0, 1.0])]
+    for method in ("sort", "topk"):
+        masks = topk_masks(magnitudes, [3, 12, 2], method)
+        assert [int(m.sum()) for m in masks] == [3, 12, 2]
+        assert masks[2][[0, 4]].sum() == 0  # two of the three tied largest, never a smaller value
+
+
+def test_grouped_sort_rejects_impossible_kept_counts():
+    with pytest.raises(ValueError, match="kept counts"):
+        topk_masks([torch.rand(4)], [5], "sort")
+
+
+def test_grouped_masks_pass_gradients_straight_through_to_each_layer():
+    model = _model()
+    layers = list(subnet_layers(model).values())
+    masks = layers[0]._group.masks()
+    weights = [torch.randn_like(m) for m in masks]
+    sum((w * m).sum() for w, m in zip(weights, masks, strict=True)).backward()
+    for layer, w in zip(layers, weights, strict=True):  # d|s|/ds = sign(s), d mask/d|s| = identity
+        assert torch.equal(layer.scores.grad, w * layer.scores.sign())
 
 
 def test_a_stale_mask_is_impossible():

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from rbp.models.registry import ArchSpec, get_builder
-from rbp.nn import LayerFactory, allocate, initialize, subnet_layers, weight_layers
+from rbp.nn import LayerFactory, allocate, group_masks, initialize, subnet_layers, weight_layers
 from rbp.nn.lcnn import LipschitzBatchNorm1d
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ def build_model(
         )
         for name, layer in layers.items():
             layer.set_density(densities[name])
+        group_masks(model)
     initialize(
         model,
         seed=cfg.seed,

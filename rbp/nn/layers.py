@@ -11,25 +11,69 @@ Binary layers (the BNN baseline): a latent real weight in [-1, 1]; forward uses
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class _TopKMask(torch.autograd.Function):
-    """0/1 mask of the ``kept`` largest entries; gradient passes straight through."""
+def topk_masks(
+    magnitudes: Sequence[torch.Tensor], kept: Sequence[int], method: Literal["sort", "topk"] | None = None
+) -> list[torch.Tensor]:
+    """0/1 masks (dtype and shape of each ``magnitudes[i]``) with exactly ``kept[i]`` ones at its largest entries.
+
+    ``sort`` (the default on a GPU): one sort for all tensors. Non-negative float32 values order
+    like their bit patterns read as integers, so the int64 key ``(i << 31) | bits`` sorts by
+    (tensor, value), and tensor ``i``'s kept entries are the last ``kept[i]`` of its block.
+    ``topk`` (the default on the CPU, where a long sort is slow): one ``topk`` per tensor. Both
+    keep the same entries unless values tie at a threshold (bench/mask_threshold.py times them).
+    magnitudes: non-negative, finite, on one device.
+    """
+    device = magnitudes[0].device
+    if (method or ("sort" if device.type == "cuda" else "topk")) == "topk":
+        masks = []
+        for m, k in zip(magnitudes, kept, strict=True):
+            mask = torch.zeros(m.numel(), device=device, dtype=m.dtype)
+            mask[m.flatten().topk(k, sorted=False).indices] = 1.0
+            masks.append(mask.view_as(m))
+        return masks
+    counts = tuple(m.numel() for m in magnitudes)
+    block_key, keep_sorted = _sort_layout(counts, tuple(kept), device)
+    bits = torch.cat([m.detach().float().flatten() for m in magnitudes]).view(torch.int32)
+    order = torch.sort(bits.long() | block_key).indices
+    flat = torch.empty(len(keep_sorted), device=device, dtype=magnitudes[0].dtype)
+    flat[order] = keep_sorted.to(flat.dtype)
+    return [part.view_as(m) for part, m in zip(flat.split(counts), magnitudes, strict=True)]
+
+
+@functools.lru_cache(maxsize=8)
+def _sort_layout(counts: tuple[int, ...], kept: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(block index << 31 per entry, whether each sorted position is kept): constants of a model.
+
+    Cached so that a training step makes no host-to-device copies (CUDA-graph capture forbids them).
+    """
+    if any(not 0 < k <= n for k, n in zip(kept, counts, strict=True)):
+        raise ValueError(f"kept counts {kept} must be in [1, numel] for tensors of {counts} entries")
+    sizes = torch.tensor(counts, device=device)
+    block = torch.repeat_interleave(torch.arange(len(counts), device=device), sizes, output_size=sum(counts))
+    first_kept = sizes.cumsum(0) - torch.tensor(kept, device=device)  # sorted position of a block's first kept
+    return block << 31, torch.arange(sum(counts), device=device) >= first_kept[block]
+
+
+class _TopKMasks(torch.autograd.Function):
+    """``topk_masks`` of several tensors; each mask's gradient passes straight through to its tensor."""
 
     @staticmethod
-    def forward(ctx, magnitudes: torch.Tensor, kept: int) -> torch.Tensor:
-        mask = torch.zeros(magnitudes.numel(), dtype=magnitudes.dtype, device=magnitudes.device)
-        mask[magnitudes.flatten().topk(kept, sorted=False).indices] = 1.0
-        return mask.view_as(magnitudes)
+    def forward(ctx, kept: tuple[int, ...], *magnitudes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(topk_masks(magnitudes, kept))
 
     @staticmethod
-    def backward(ctx, grad_mask: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad_mask, None
+    def backward(ctx, *grad_masks: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, *grad_masks)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -54,10 +98,12 @@ class SubnetMixin:
     """Frozen ``weight`` buffer + trained ``scores``; the layer's ``density`` sets the kept count.
 
     The masked weight is cached: scores change only at an optimiser step, so the k+1 forwards
-    of a PGD-k step reuse one top-k and one ``weight * mask`` (in the autocast dtype, if any).
+    of a PGD-k step reuse one mask and one ``weight * mask`` (in the autocast dtype, if any).
     The cache key holds the scores' and weight's storage and in-place version counters, the
     density, grad mode and autocast dtype, so any change of them recomputes it; a backward pass
-    through the cached tensor (which frees its graph) drops it. ``cache_mask = False`` disables it.
+    through the cached tensor (which frees its graph) drops it. With the cache on, a layer of a
+    :class:`MaskGroup` takes its mask from the group (one sort for the whole model, cached the same
+    way). ``cache_mask = False`` disables both: every forward sorts this layer's scores alone.
     """
 
     weight: torch.Tensor
@@ -73,6 +119,8 @@ class SubnetMixin:
         self.density = 1.0
         self.cache_mask = True
         self._cached: tuple[tuple, torch.Tensor] | None = None
+        self._group: MaskGroup | None = None
+        self._group_index = 0
 
     def set_density(self, density: float) -> None:
         if not 0.0 < density <= 1.0:
@@ -86,13 +134,18 @@ class SubnetMixin:
 
     def mask(self) -> torch.Tensor:
         """0/1 tensor shaped like ``weight`` with exactly ``kept`` ones (STE to ``scores``)."""
-        return _TopKMask.apply(self.scores.abs(), self.kept)
+        if self.cache_mask and self._group is not None:
+            return self._group.masks()[self._group_index]
+        return _TopKMasks.apply((self.kept,), self.scores.abs())[0]
+
+    def _mask_key(self) -> tuple:
+        """What the mask depends on: the scores (storage, in-place version), density and grad mode."""
+        scores = self.scores
+        return scores.data_ptr(), scores._version, self.density, torch.is_grad_enabled() and scores.requires_grad
 
     def _cache_key(self) -> tuple:
-        scores, weight = self.scores, self.weight
-        grad = torch.is_grad_enabled() and scores.requires_grad
-        return (scores.data_ptr(), scores._version, weight.data_ptr(), weight._version, self.density, grad,
-                _autocast_dtype(weight.device.type))  # fmt: skip
+        weight = self.weight
+        return (*self._mask_key(), weight.data_ptr(), weight._version, _autocast_dtype(weight.device.type))
 
     def _drop_cache(self, grad: torch.Tensor) -> None:
         self._cached = None
@@ -135,6 +188,44 @@ class SubnetLinear(SubnetMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
+
+
+class MaskGroup:
+    """The subnet layers of one model, whose masks come from one :func:`topk_masks` sort.
+
+    Scores change together (at an optimiser step), so the first layer to need a mask after a
+    change computes every layer's, and the rest reuse them: the tuple is cached under the key of
+    every member (see :meth:`SubnetMixin._mask_key`) and dropped when a backward pass reaches it.
+    """
+
+    def __init__(self, layers: Sequence[SubnetMixin]) -> None:
+        self.layers = list(layers)
+        self._cached: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
+        for index, layer in enumerate(self.layers):
+            layer._group, layer._group_index = self, index
+
+    def masks(self) -> tuple[torch.Tensor, ...]:
+        key = tuple(layer._mask_key() for layer in self.layers)
+        if self._cached is None or self._cached[0] != key:
+            kept = tuple(layer.kept for layer in self.layers)
+            masks = _TopKMasks.apply(kept, *(layer.scores.abs() for layer in self.layers))
+            for mask in masks:
+                if mask.requires_grad:
+                    mask.register_hook(self._drop_cache)
+            self._cached = (key, masks)
+        return self._cached[1]
+
+    def _drop_cache(self, grad: torch.Tensor) -> None:
+        self._cached = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cached": None}
+
+
+def group_masks(model: nn.Module) -> MaskGroup | None:
+    """Let every subnet layer of ``model`` take its mask from one shared sort (None: no subnet layers)."""
+    layers = list(subnet_layers(model).values())
+    return MaskGroup(layers) if layers else None
 
 
 class BinaryMixin:
@@ -187,6 +278,8 @@ def set_mask_cache(model: nn.Module, enabled: bool) -> None:
     for layer in subnet_layers(model).values():
         layer.cache_mask = enabled
         layer._cached = None
+        if layer._group is not None:
+            layer._group._cached = None
 
 
 def clip_binary_weights(model: nn.Module) -> None:
