@@ -88,24 +88,31 @@ def pgd(
         x_adv = project(start.detach(), x, eps, norm)
     else:
         x_adv = random_start(x, eps, norm) if random_init else x.clone()
-    best, best_value = x_adv.clone(), torch.full((x.shape[0],), -torch.inf, device=x.device)
+    best, best_value = x_adv.detach(), torch.full((x.shape[0],), -torch.inf, device=x.device)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = loss_fn(model(x_adv), target)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         if best_loss:  # the loss just computed belongs to the current (pre-step) iterate
-            improved = loss.detach() > best_value
-            best[improved], best_value[improved] = x_adv.detach()[improved], loss.detach()[improved]
+            best, best_value = _keep_better(best, best_value, x_adv.detach(), loss.detach())
         with torch.no_grad():
             step = grad.sign() if norm == "linf" else grad / _per_example_norm(grad)
             x_adv = project(x_adv + step_size * step, x, eps, norm)
     if not best_loss:
         return x_adv.detach()
     with torch.no_grad():
-        final = loss_fn(model(x_adv), target)
-        improved = final > best_value
-        best[improved] = x_adv[improved]
+        best, _ = _keep_better(best, best_value, x_adv, loss_fn(model(x_adv), target))
     return best
+
+
+def _keep_better(
+    best: torch.Tensor, best_value: torch.Tensor, candidate: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example, the candidate where its loss is higher; ``torch.where`` keeps it free of host syncs."""
+    improved = value > best_value
+    return torch.where(improved.view(-1, *([1] * (best.dim() - 1))), candidate, best), torch.where(
+        improved, value, best_value
+    )
 
 
 def kl_to_clean(logits_adv: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:

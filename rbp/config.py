@@ -137,11 +137,21 @@ class TrainConfig(_Section):
     channels_last: bool = Field(False, description="channels-last memory format for model and images")
     curvature_penalty: float = Field(0.0, ge=0.0, description="weight of sum(b) + sum(|log gamma|) (LCNN: 0.01)")
     grad_norm_penalty: float = Field(0.0, ge=0.0, description="weight of the mean ||dCE/dx||^2 penalty")
+    compile: bool = Field(False, description="torch.compile the model for training steps (masks stay eager)")
+    cuda_graph: bool = Field(
+        False, description="capture the whole training step in a CUDA graph and replay it (GPU; eager on the CPU)"
+    )
 
     @field_validator("amp", mode="before")
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _graphable(self) -> TrainConfig:
+        if self.cuda_graph and self.amp == "fp16":
+            raise ValueError("train.cuda_graph cannot capture fp16 loss scaling (it syncs with the host); use amp bf16")
+        return self
 
     @field_validator("milestones")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from rbp.attacks import bn_mode, pgd, trades_adversary, trades_loss
@@ -25,6 +26,7 @@ from rbp.evaluate import accuracy
 from rbp.models import kept_parameters
 from rbp.nn import clip_binary_weights
 from rbp.nn.lcnn import curvature_penalty
+from rbp.step_graph import CapturedStep
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,11 @@ class Trainer:
         self.model = build_configured(cfg, asdict(info)).to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # The training step calls ``net``: the model itself, or its compiled twin sharing its tensors.
+        self.net: nn.Module = torch.compile(self.model) if cfg.train.compile else self.model
+        graphed = cfg.train.cuda_graph and self.device.type == "cuda"
+        if cfg.train.cuda_graph and not graphed:
+            log.info("train.cuda_graph: no CUDA device, running the eager step")
         if cfg.run.data_on_device:  # one copy now instead of one per batch
             train = self.splits.train
             self.splits.train = Split(train.x.to(self.device), train.y.to(self.device))
@@ -82,9 +89,12 @@ class Trainer:
                 nesterov=cfg.train.nesterov,
                 weight_decay=cfg.train.weight_decay,
             )
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        else:  # capturable: Adam keeps its step count on the device, where a CUDA graph can update it
+            self.optimizer = torch.optim.Adam(
+                params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, capturable=graphed
+            )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg))
+        self.captured = CapturedStep(self._eager_step, self.model, self.optimizer) if graphed else None
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
         self.epoch = 0
         self.best: dict[str, float] = {"val_pgd_acc": -1.0, "epoch": 0}
@@ -96,7 +106,7 @@ class Trainer:
         steps, random_init = (1, True) if method == "fgsm" else (a.steps, a.random_start)
         with bn_mode(self.model, train=self.cfg.train.attack_bn == "train"):
             return pgd(
-                self.model,
+                self.net,
                 x,
                 y,
                 eps=a.eps,
@@ -115,7 +125,7 @@ class Trainer:
             loss = loss + train.curvature_penalty * curvature_penalty(self.model)
         if train.grad_norm_penalty > 0:
             x_in = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(F.cross_entropy(self.model(x_in), y), x_in, create_graph=True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(self.net(x_in), y), x_in, create_graph=True)
             loss = loss + train.grad_norm_penalty * grad.flatten(1).pow(2).sum(dim=1).mean()
         return loss, logits
 
@@ -123,21 +133,28 @@ class Trainer:
         """(loss, logits on the inputs the loss is about: adversarial for PGD/FGSM/TRADES)."""
         method = self.cfg.train.method
         if method == "clean":
-            logits = self.model(x)
+            logits = self.net(x)
             return F.cross_entropy(logits, y), logits
         if method == "trades":
             a = self.cfg.attack
             with bn_mode(self.model, train=self.cfg.train.attack_bn == "train"):
-                x_adv = trades_adversary(self.model, x, eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm)
-            logits_clean, logits_adv = self.model(x), self.model(x_adv)
+                x_adv = trades_adversary(self.net, x, eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm)
+            logits_clean, logits_adv = self.net(x), self.net(x_adv)
             return trades_loss(logits_clean, logits_adv, y, self.cfg.train.trades_beta), logits_adv
-        logits = self.model(self._adversarial(x, y))
+        logits = self.net(self._adversarial(x, y))
         return F.cross_entropy(logits, y), logits
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step on a batch (attack, loss, backward, update); detached (loss, logits)."""
+        """One optimiser step on a batch (attack, loss, backward, update); detached (loss, logits).
+
+        With ``train.cuda_graph`` on a GPU the step replays a captured graph, and the returned
+        tensors are overwritten by the next step: read them before calling again.
+        """
         if self.cfg.train.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        return (self.captured or self._eager_step)(x, y)
+
+    def _eager_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
             loss, logits = self._loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -229,7 +246,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # new state tensors: a graph must re-capture
+        if self.captured is not None:
+            self.captured = CapturedStep(self._eager_step, self.model, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -54,3 +54,69 @@ def test_yaml_off_means_no_autocast(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  amp: off\n")
     assert load_config(path).train.amp == "off" and load_config(None, ["train.amp=off"]).train.amp == "off"
+
+
+def _steps(trainer, batches):
+    """Losses and final parameters after one training step per batch."""
+    trainer.model.train()
+    losses = [trainer.step(x, y)[0].item() for x, y in batches]
+    return losses, [p.detach().clone() for p in trainer.model.parameters()]
+
+
+def _batches(n, device="cpu"):
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.rand(32, 1, 8, 8, generator=gen).to(device), torch.randint(0, 10, (32,), generator=gen).to(device))
+            for _ in range(n)]  # fmt: skip
+
+
+@pytest.mark.slow  # torch.compile takes ~20 s on 2 CPU cores
+def test_compiled_step_equals_the_eager_step(tmp_path):
+    batches = _batches(3)
+    torch.manual_seed(0)
+    eager_losses, eager_params = _steps(_trainer(tmp_path), batches)
+    torch.manual_seed(0)
+    compiled = _trainer(tmp_path, "train.compile=true")
+    assert compiled.net is not compiled.model  # the step really runs the compiled module
+    compiled_losses, compiled_params = _steps(compiled, batches)
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+    for a, b in zip(eager_params, compiled_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert compiled.state_dict()["model"].keys() == _trainer(tmp_path).state_dict()["model"].keys()
+
+
+def test_cuda_graph_switch_on_the_cpu_runs_the_unchanged_eager_step(tmp_path):
+    batches = _batches(3)
+    torch.manual_seed(0)
+    eager_losses, eager_params = _steps(_trainer(tmp_path), batches)
+    torch.manual_seed(0)
+    fallback = _trainer(tmp_path, "train.cuda_graph=true", "run.device=cpu")
+    assert fallback.captured is None
+    losses, params = _steps(fallback, batches)
+    assert losses == eager_losses
+    assert all(torch.equal(a, b) for a, b in zip(eager_params, params, strict=True))
+
+
+def test_cuda_graph_with_fp16_scaling_is_a_config_error():
+    from rbp.errors import RbpError
+
+    with pytest.raises(RbpError, match=r"train.cuda_graph .* use amp bf16"):
+        load_config(None, ["train.cuda_graph=true", "train.amp=fp16"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_captured_step_trains_like_the_eager_step_and_never_leaves_stale_masks(tmp_path, optimizer):
+    # Without random starts the step is deterministic up to kernel choice, so graph == eager.
+    overrides = ["run.device=cuda", "attack.random_start=false", f"train.optimizer={optimizer}", "train.epochs=2"]
+    batches = _batches(4, "cuda")
+    eager, graphed = _trainer(tmp_path, *overrides), _trainer(tmp_path, *overrides, "train.cuda_graph=true")
+    assert graphed.captured is not None
+    for _ in range(2):  # two epochs: the learning rate changes in between, so the graph re-captures
+        eager_losses, eager_params = _steps(eager, batches)
+        graphed_losses, graphed_params = _steps(graphed, batches)
+        assert graphed_losses == pytest.approx(eager_losses, rel=1e-3)
+        for a, b in zip(eager_params, graphed_params, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        assert graphed.evaluate("val") == pytest.approx(eager.evaluate("val"), abs=0.02)
+        eager.scheduler.step()
+        graphed.scheduler.step()

@@ -154,6 +154,9 @@ class SubnetMixin:
         # The cached tensor belongs to a graph: copies and pickles start without it.
         return {**self.__dict__, "_cached": None}
 
+    # Eager under torch.compile: the cache's key reads storage pointers and version counters, which
+    # a compiled graph cannot guard on; the convolutions around it still compile.
+    @torch.compiler.disable
     def effective_weight(self) -> torch.Tensor:
         """``weight * mask`` (cast to the autocast dtype when autocast is on), cached as described above."""
         key = self._cache_key() if self.cache_mask else None
@@ -277,6 +280,16 @@ def set_mask_cache(model: nn.Module, enabled: bool) -> None:
     """Turn the masked-weight cache of every subnet layer of ``model`` on or off."""
     for layer in subnet_layers(model).values():
         layer.cache_mask = enabled
+    forget_masks(model)
+
+
+def forget_masks(model: nn.Module) -> None:
+    """Drop every cached mask and masked weight of ``model``.
+
+    For score updates the version counters cannot see: a replayed CUDA graph changes the scores
+    in place without Python knowing, so whoever replays one calls this afterwards.
+    """
+    for layer in subnet_layers(model).values():
         layer._cached = None
         if layer._group is not None:
             layer._group._cached = None
