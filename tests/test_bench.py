@@ -1,15 +1,31 @@
-"""The GPU benchmark script runs end to end on the CPU with its tiny config."""
+"""The benchmark scripts run end to end on the CPU with their tiny configs."""
 
 import importlib.util
 from pathlib import Path
 
 
+def _load(name):
+    path = Path(__file__).parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_train_step_benchmark_tiny(capsys):
-    path = Path(__file__).parents[1] / "bench" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("train_step", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rows = bench.main(["--tiny", "--repeats", "1", "--warmup", "1", "--device", "cpu"])
-    assert {(r["mode"], r["amp"]) for r in rows} == {(m, a) for m in ("dense", "subnet") for a in ("off", "bf16")}
-    assert all(r["images_per_s"] > 0 for r in rows)
-    assert "images/s" in capsys.readouterr().out.splitlines()[-5]
+    bench = _load("train_step")
+    argv = ["--tiny", "--repeats", "1", "--warmup", "1", "--device", "cpu", "--execs", "eager", "graph"]
+    rows = bench.main(argv)
+    # Every mode x amp ran eagerly; the CUDA-graph variants are skipped without a GPU.
+    assert {(r["mode"], r["amp"], r["exec"]) for r in rows} == {
+        (m, a, "eager") for m in ("dense", "subnet") for a in ("off", "bf16")
+    }
+    assert all(r["images_per_s"] > 0 and r["peak_fraction"] > 0 for r in rows)
+    out = capsys.readouterr().out.splitlines()
+    assert "images/s" in out[-5] and sum("GFLOP/image" in line for line in out) == 2
+
+
+def test_mask_threshold_benchmark_tiny(capsys):
+    results = _load("mask_threshold").main(["--tiny", "--repeats", "1", "--warmup", "0", "--device", "cpu"])
+    assert set(results) == {"kthvalue", "sort", "topk", "one-sort"} and all(v > 0 for v in results.values())
+    assert "one-sort" in capsys.readouterr().out.splitlines()[-1]
