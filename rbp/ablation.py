@@ -1,6 +1,7 @@
 """Ablation specs: a grid of cells × seeds, run only where Parquet holds no result, then rendered.
 
-A spec (YAML, data not code) names a base config, seeds, and studies. Each study lists cells
+A spec (YAML, data not code) names a base config, seeds, and studies; ``extends: OTHER.yaml``
+starts from another spec and overrides its keys (``base`` key by key). Each study lists cells
 (named config variants, or a ``grid`` whose product makes the cells) and the columns of its table.
 A cell × seed is identified by its resolved config's run id: a result already in the results
 folder is reused, never recomputed. Tables and figures are pure functions of the results dataset
@@ -23,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rbp.config import Config, from_dict, read_yaml_mapping, set_path
+from rbp.config import Config, from_dict, parse_override, read_yaml_mapping, set_path
 from rbp.errors import RbpError
 from rbp.results import read_results, result_row, write_row
 
@@ -131,10 +132,17 @@ class Job:
     config: Config
 
 
-def load_spec(path: str | Path) -> AblationSpec:
-    """Read and validate an ablation spec, including every cell's config (one-line errors)."""
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> AblationSpec:
+    """Read and validate an ablation spec, including every cell's config (one-line errors).
+
+    ``overrides`` (``KEY=VALUE``, as ``--set``) are added to the spec's base, e.g. the machine's
+    ``data.root``; a cell's own settings still win.
+    """
     path = Path(path)
-    tree = read_yaml_mapping(path, "ablation spec error")
+    tree = _read_tree(path, set())
+    for text in overrides:
+        key, value = parse_override(text)
+        tree["base"] = {**tree.get("base", {}), key: value}
     try:
         spec = AblationSpec.model_validate(tree)
     except ValidationError as error:
@@ -144,6 +152,23 @@ def load_spec(path: str | Path) -> AblationSpec:
         raise RbpError(f"ablation spec {path}: {where}: {message}") from None
     jobs(spec)  # every cell's config must validate now, not halfway through the runs
     return spec
+
+
+def _read_tree(path: Path, seen: set[Path]) -> dict[str, Any]:
+    """The spec's YAML mapping with ``extends`` resolved: the parent's keys, then this file's on top
+    (``base`` merged key by key, every other key replaced whole)."""
+    tree = read_yaml_mapping(path, "ablation spec error")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    parent_path = (path.parent / str(parent)).resolve()
+    if parent_path in seen or parent_path == path.resolve():
+        raise RbpError(f"ablation spec {path}: extends: {parent} extends itself (a cycle); remove the loop")
+    if not parent_path.is_file():
+        raise RbpError(f"ablation spec {path}: extends: no file {parent_path}; give a path relative to {path.parent}")
+    merged = _read_tree(parent_path, seen | {path.resolve()})
+    base = {**merged.get("base", {}), **tree.get("base", {})}
+    return {**merged, **tree, "base": base}
 
 
 def _cell_config(

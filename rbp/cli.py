@@ -182,7 +182,7 @@ def _render(spec) -> None:
 def _ablate(args: argparse.Namespace) -> int:
     from rbp.ablation import load_spec, run_ablation
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.overrides)
     ran = run_ablation(spec, address=args.address)
     print(f"ablation {spec.name}: ran {ran} missing run(s)")
     _render(spec)
@@ -192,7 +192,7 @@ def _ablate(args: argparse.Namespace) -> int:
 def _tables(args: argparse.Namespace) -> int:
     from rbp.ablation import load_spec
 
-    _render(load_spec(args.spec))
+    _render(load_spec(args.spec, args.overrides))
     return 0
 
 
@@ -284,10 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     ablate = commands.add_parser("ablate", help="run an ablation spec's missing cells, then render its tables")
     ablate.add_argument("spec", type=Path, help="e.g. ablations/digits_paper.yaml")
     ablate.add_argument("--address", help="run the cells as Ray tasks on this cluster (e.g. auto)")
+    _add_overrides(ablate, "add to the spec's base for every cell, e.g. --set data.root=/data/cifar10 (repeatable)")
     ablate.set_defaults(handler=_ablate)
 
     tables = commands.add_parser("tables", help="render an ablation spec's tables and figures from its results")
     tables.add_argument("spec", type=Path)
+    _add_overrides(tables, "as for rbp ablate: the same --set gives the same cells")
     tables.set_defaults(handler=_tables)
 
     tune = commands.add_parser("tune", help="hyperparameter search from a spec (Ray Tune + Optuna, MLflow tracking)")

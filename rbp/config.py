@@ -218,28 +218,37 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def run_id(self) -> str:
-        """12 hex digits identifying the experiment: a hash of the resolved config but ``run``.
+        """12 hex digits identifying the experiment: a hash of the resolved config but where it runs.
+
+        Left out: the ``run`` section and where the data lives (``data.root``, ``data.download``),
+        so the same experiment on another machine or cluster has the same id.
 
         Fields equal to their declared default are left out of the hash, so adding a new knob
         (with a default that keeps the old behaviour) leaves every existing run id unchanged.
         """
-        canonical = json.dumps(_non_defaults(self, exclude={"run"}), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(_non_defaults(self, exclude=_NOT_IN_RUN_ID), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _non_defaults(section: BaseModel, exclude: set[str] = frozenset()) -> dict[str, Any]:
-    """The section's fields (JSON-safe) whose value differs from the field's declared default."""
+_NOT_IN_RUN_ID = frozenset({"run", "data.root", "data.download"})
+
+
+def _non_defaults(section: BaseModel, exclude: frozenset[str] = frozenset(), prefix: str = "") -> dict[str, Any]:
+    """The section's fields (JSON-safe) whose value differs from the field's declared default.
+
+    ``exclude`` holds dotted paths (from the top section) left out entirely.
+    """
     values = section.model_dump(mode="json")
     out: dict[str, Any] = {}
     for name, field in type(section).model_fields.items():
-        if name in exclude:
+        if f"{prefix}{name}" in exclude:
             continue
         value = getattr(section, name)
         if isinstance(value, BaseModel):
-            nested = _non_defaults(value)
+            nested = _non_defaults(value, exclude, f"{prefix}{name}.")
             if nested:
                 out[name] = nested
         elif values[name] != _json_default(field):

@@ -166,3 +166,62 @@ def test_shipped_specs_validate():
     spec = load_spec("ablations/digits_paper.yaml")
     assert set(spec.studies) == {"baselines", "allocation", "init_last_bn", "density", "training"}
     assert spec.seeds == [0, 1, 2]
+
+
+@pytest.mark.slow  # builds ResNet-18/34 a few times to size the small dense baseline
+def test_cifar_specs_carry_the_reference_recipe(cifar10_root, cifar100_root, tmp_path):
+    from rbp.ablation_ray import task_resources
+
+    digits = load_spec("ablations/digits_paper.yaml")
+    for name, arch, eps, step in [
+        ("cifar10_resnet18", "resnet18", 8 / 255, 2 / 255),
+        ("cifar10_resnet34", "resnet34", 8 / 255, 2 / 255),
+        ("cifar100_resnet18", "resnet18", 4 / 255, 1 / 255),
+        ("cifar100_resnet34", "resnet34", 4 / 255, 1 / 255),
+    ]:
+        root = cifar100_root if name.startswith("cifar100") else cifar10_root
+        spec = load_spec(f"ablations/{name}.yaml", [f"data.root={root}"])
+        assert spec.name == name and str(spec.folder) == f"results/{name}"
+        assert set(spec.studies) == set(digits.studies) and spec.seeds == [0, 1, 2]
+        ours = next(j.config for j in jobs(spec) if j.cell == "subnet (ours)")
+        assert (ours.model.arch, ours.data.batch_size, ours.train.epochs) == (arch, 256, 400)
+        recipe = (ours.train.optimizer, ours.train.lr, ours.train.schedule, ours.attack.steps)
+        assert recipe == ("sgd", 0.1, "cosine", 10)
+        assert (ours.attack.eps, ours.attack.step_size) == pytest.approx((eps, step))
+        assert (ours.sparsity.density, ours.sparsity.allocation, ours.sparsity.p) == (0.01, "adaptive", 0.1)
+        assert task_resources(jobs(spec)[0]) == {"num_cpus": 1, "num_gpus": 1}
+    # Where the data lives is not part of a cell's identity: results move between machines.
+    elsewhere = tmp_path / "copy"
+    (elsewhere / "cifar-10-batches-py").mkdir(parents=True)
+    for f in (cifar10_root / "cifar-10-batches-py").iterdir():
+        (elsewhere / "cifar-10-batches-py" / f.name).write_bytes(f.read_bytes())
+
+    def run_ids(root):
+        return [j.config.run_id() for j in jobs(load_spec("ablations/cifar10_resnet18.yaml", [f"data.root={root}"]))]
+
+    assert run_ids(cifar10_root) == run_ids(elsewhere)
+
+
+def test_extends_overrides_the_parent_key_by_key(tmp_path, capsys):
+    parent = _spec(tmp_path, {"s": {"cells": [{"name": "a"}]}}, seeds=(0, 1))
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {parent.name}\nname: c\nresults: {tmp_path / 'c'}\nbase: {{model.arch: mlp}}\n")
+    spec = load_spec(child)
+    assert spec.name == "c" and spec.seeds == [0, 1] and set(spec.studies) == {"s"}
+    assert spec.base == {**TINY, "model.arch": "mlp"}
+    assert load_spec(child, ["train.epochs=3"]).base["train.epochs"] == 3  # --set goes on top
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\n")
+    missing = tmp_path / "orphan.yaml"
+    missing.write_text("extends: nowhere.yaml\n")
+    for path, needle in [(loop, "cycle"), (missing, "no file")]:
+        assert main(["tables", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "extends" in err and "\n" not in err
+
+
+def test_ablate_set_adds_to_every_cell(tmp_path):
+    path = _spec(tmp_path, {"s": {"cells": [{"name": "a"}, {"name": "b", "set": {"train.epochs": 2}}]}})
+    epochs = {j.cell: j.config.train.epochs for j in jobs(load_spec(path, ["train.epochs=5"]))}
+    assert epochs == {"a": 5, "b": 2}  # a cell's own setting still wins
