@@ -370,7 +370,7 @@ def test_recorder_records_each_end_once_with_its_status(tmp_path):
     experiment_id = tracking.ensure_experiment(client, "rec", uri)
     recorder = TrialRecorder(
         tracking_uri=uri, experiment="rec", experiment_id=experiment_id, search="rec-1", spec_path="s.yaml",
-        searched=["train.lr"], runs_dir=tmp_path / "results" / "rec" / "runs",
+        searched=["train.lr"], runs_dir=tmp_path / "results" / "tune" / "rec" / "rows",
     )  # fmt: skip
     reports = Reports(tmp_path)
     config = {**TINY, "train.lr": 0.05}
@@ -385,7 +385,7 @@ def test_recorder_records_each_end_once_with_its_status(tmp_path):
     recorder.run_of("t-open", config)  # a trial whose driver died mid-run
     assert recorder.close_open_runs("KILLED") == 1
 
-    rows = read_results(tmp_path / "results" / "rec" / "runs").set_index("trial_id")
+    rows = read_results(tmp_path / "results" / "tune" / "rec" / "rows").set_index("trial_id")
     assert sorted(rows.index) == ["t-asha", "t-done", "t-err", "t-nan"]
     assert rows["status"].to_dict() == {"t-asha": "early_stopped", "t-done": "finished", "t-err": "failed",
                                         "t-nan": "diverged"}  # fmt: skip

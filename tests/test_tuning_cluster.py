@@ -131,7 +131,7 @@ def test_search_runs_on_a_two_node_cluster_given_its_address(local_cluster, tmp_
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert re.search(r"resource usage: 2(\.0)?/2(\.0)? CPUs", done.stdout)  # both nodes busy at once
-    rows = read_results(tmp_path / "results" / "cluster" / "runs")
+    rows = read_results(tmp_path / "results" / "tune" / "cluster" / "rows")
     assert len(rows) == 2 and set(rows["status"]) <= {"finished", "early_stopped"}
     client = tracking.client(tracking.resolve_tracking_uri(None, tmp_path / "results"))
     runs = tracking.search_all(client, client.get_experiment_by_name("cluster").experiment_id)

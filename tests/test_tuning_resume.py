@@ -82,7 +82,7 @@ class Driver:
 
 
 def rows_of(folder: Path):
-    return read_results(folder / "results" / "resume" / "runs")
+    return read_results(folder / "results" / "tune" / "resume" / "rows")
 
 
 def wait_for(condition, timeout: float, what: str) -> None:

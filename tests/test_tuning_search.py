@@ -78,7 +78,7 @@ def search(tmp_path_factory):
     return SimpleNamespace(
         root=root, spec=spec, code=code, out=out, uri=uri, client=client,
         runs=tracking.search_all(client, experiment.experiment_id),
-        rows=read_results(root / "results" / "e2e" / "runs"),
+        rows=read_results(root / "results" / "tune" / "e2e" / "rows"),
     )  # fmt: skip
 
 
@@ -145,7 +145,7 @@ def test_best_lists_finished_runs_and_writes_a_config_rbp_train_accepts(search, 
 def test_resume_of_a_finished_search_adds_no_rows_or_runs(search):
     code, out = tune(search.root, str(search.spec), "--resume")
     assert code == 0, out[-3000:]
-    rows = read_results(search.root / "results" / "e2e" / "runs")
+    rows = read_results(search.root / "results" / "tune" / "e2e" / "rows")
     experiment = search.client.get_experiment_by_name("e2e")
     runs = tracking.search_all(search.client, experiment.experiment_id)
     assert sorted(rows["trial_id"]) == sorted(search.rows["trial_id"]) and len(runs) == 2
@@ -168,9 +168,9 @@ def test_multi_objective_search_writes_the_pareto_front(tmp_path):
     )
     code, out = tune(tmp_path, str(spec))
     assert code == 0, out[-3000:]
-    rows = read_results(tmp_path / "results" / "pareto" / "runs")
-    front = pd.read_csv(tmp_path / "results" / "pareto" / "pareto.csv")
-    assert (tmp_path / "results" / "pareto" / "pareto.parquet").is_file() and "Pareto front" in out
+    rows = read_results(tmp_path / "results" / "tune" / "pareto" / "rows")
+    front = pd.read_csv(tmp_path / "results" / "tune" / "pareto" / "pareto.csv")
+    assert (tmp_path / "results" / "tune" / "pareto" / "pareto.parquet").is_file() and "Pareto front" in out
     assert len(rows) == 3 and 1 <= len(front) <= 3 and set(front["trial_id"]) <= set(rows["trial_id"])
     for _, a in front.iterrows():  # nothing in the search dominates a front member
         for _, b in rows.iterrows():

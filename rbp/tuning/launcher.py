@@ -4,7 +4,7 @@ Order matters for failing fast: the spec, the tracking store and the cluster add
 before Ray starts, so a typo costs a second, not a cluster start-up. Each search is a folder
 ``<storage>/<experiment>-<YYYYmmdd-HHMMSS>/`` (Ray's experiment state, checkpoints, and
 ``rbp_search.json``: the spec fingerprint and tracking URI); ``--resume`` continues the newest one
-of the spec's experiment. Results: MLflow (one run per trial) and ``<results>/<experiment>/runs/``
+of the spec's experiment. Results: MLflow (one run per trial) and ``<results>/tune/<experiment>/rows/``
 (one Parquet row per trial).
 """
 
@@ -280,7 +280,7 @@ class _Search:
 def _choose_search(opts: TuneOptions, loaded: LoadedSpec, storage: str, results: Path) -> _Search:
     """A new search, or with ``--resume`` the newest one of the experiment (same spec, same store)."""
     spec = loaded.spec
-    runs_dir = results / spec.experiment / "runs"
+    runs_dir = results / "tune" / spec.experiment / "rows"  # beside, never inside, the ablations' folders
     if not opts.resume:
         name = f"{spec.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
         return _Search(name, tracking.resolve_tracking_uri(opts.tracking_uri, results), runs_dir)
