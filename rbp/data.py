@@ -379,7 +379,8 @@ class Batches:
 
     ``shuffle`` draws a fresh permutation per epoch and ``augment`` a random crop (of the 4-pixel
     zero-padded image) and horizontal flip (p = 0.5) per sample, all from ``generator``, a CPU
-    ``torch.Generator`` required by either. The draws are made on the CPU, so a generator state
+    ``torch.Generator`` required by either. The draws are made on the CPU, once per epoch (with the
+    split resident on the device, no batch copies anything from the host), so a generator state
     gives the same batches on any device, and re-iterating from the same state repeats them.
     Each epoch consumes generator state, so consecutive epochs differ.
     """
@@ -416,17 +417,15 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.augment:  # the epoch's draws at once: one host-to-device copy per epoch, none per batch
+            offsets = torch.randint(0, 2 * _PAD + 1, (n, 2), generator=self.generator).to(self.device)
+            flips = (torch.rand(n, generator=self.generator) < 0.5).to(self.device)
+        order = order.to(self.split.x.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size].to(self.split.x.device)
+            batch = slice(start, start + self.batch_size)
             # Move the stored dtype (uint8 for image files: 4x less to copy), convert on the device.
-            x = self.split.x[index].to(self.device)
-            y = self.split.y[index].to(self.device)
+            x = self.split.x[order[batch]].to(self.device)
+            y = self.split.y[order[batch]].to(self.device)
             if self.augment:
-                x = self._augment(x)
+                x = random_crop_flip(x, offsets[batch], flips[batch])
             yield to_unit_float(x), y
-
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        offsets = torch.randint(0, 2 * _PAD + 1, (b, 2), generator=self.generator)
-        flips = torch.rand(b, generator=self.generator) < 0.5
-        return random_crop_flip(x, offsets.to(x.device), flips.to(x.device))

@@ -78,7 +78,10 @@ class Trainer:
             train = self.splits.train
             self.splits.train = Split(train.x.to(self.device), train.y.to(self.device))
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
-        self.autocast = lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        # Autocast's weight-cast cache must be off under CUDA-graph capture (PyTorch's CUDA-graph notes).
+        self.autocast = lambda: torch.autocast(
+            self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=not graphed
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.train.optimizer == "sgd":
