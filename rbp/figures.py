@@ -57,13 +57,12 @@ def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame)
     for name in figure.baselines:
         stat = _cell_stat(spec, results, name, figure.metric)
         if stat is not None:
-            ax.axhline(100 * stat, linestyle="--", color="gray")
-            ax.annotate(name, (ax.get_xlim()[0], 100 * stat), fontsize=8, va="bottom")
+            ax.axhline(100 * stat, linestyle="--", color="gray", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("kept weights (%)")
     ax.set_ylabel(HEADERS.get(figure.metric, figure.metric))
-    if points:
-        ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower center")
     return fig
 
 
