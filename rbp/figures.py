@@ -24,7 +24,9 @@ def _save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, bbox_inches="tight", dpi=150)
+        # No creation date in the PDF: re-rendering unchanged results leaves the files unchanged.
+        metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+        fig.savefig(path, bbox_inches="tight", dpi=150, metadata=metadata)
     plt.close(fig)
     return paths
 
