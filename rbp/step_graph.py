@@ -14,7 +14,8 @@ so a schedule change re-captures (once per epoch for the per-epoch schedules).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -57,27 +58,14 @@ class CapturedStep:
         return self.static_out
 
     def _warm_up(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Run ``warmup`` eager steps on a side stream, then restore every tensor they changed."""
-        tensors = [*self.model.parameters(), *self.model.buffers()]
-        saved = [t.detach().clone() for t in tensors]
-        existing = {id(t): t.detach().clone() for state in self.optimizer.state.values() for t in _tensors(state)}
-        rng = torch.cuda.get_rng_state(x.device)
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.step(x, y)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        with torch.no_grad():
-            for t, value in zip(tensors, saved, strict=True):
-                t.copy_(value)
-            for state in self.optimizer.state.values():
-                for t in _tensors(state):
-                    # State the warm-up created (momentum, Adam moments and step) starts at zero,
-                    # which is what the optimisers' first step assumes of absent state.
-                    t.copy_(existing[id(t)]) if id(t) in existing else t.zero_()
-        torch.cuda.set_rng_state(rng, x.device)
-        forget_masks(self.model)
+        """Run ``warmup`` eager steps on a side stream, then undo what they changed."""
+        main, side = torch.cuda.current_stream(x.device), torch.cuda.Stream(x.device)
+        with undone_updates(self.model, self.optimizer, x.device):
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.step(x, y)
+            main.wait_stream(side)  # the undoing (on ``main``) comes after the warm-up steps
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         log.info("capturing the training step in a CUDA graph (batch %s)", tuple(x.shape))
@@ -89,6 +77,36 @@ class CapturedStep:
             self.static_out = self.step(self.static_x, self.static_y)
         self.graph = graph
         forget_masks(self.model)  # cached during capture: tensors of the graph's pool
+
+
+@contextmanager
+def undone_updates(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> Iterator[None]:
+    """Training steps inside the block leave no trace: on exit every parameter, buffer, optimiser
+    state tensor and ``device``'s random generator is as before, in place (same storage, so a
+    graph captured afterwards sees the real tensors). State the block created (momentum, Adam's
+    moments and step) is zeroed, which is what the optimisers' first step assumes of absent state.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    saved = [t.detach().clone() for t in tensors]
+    existing = {id(t): t.detach().clone() for state in optimizer.state.values() for t in _tensors(state)}
+    rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, value in zip(tensors, saved, strict=True):
+                t.copy_(value)
+            for state in optimizer.state.values():
+                for t in _tensors(state):
+                    if id(t) in existing:
+                        t.copy_(existing[id(t)])
+                    else:
+                        t.zero_()
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(rng, device)
+        else:
+            torch.set_rng_state(rng)
+        forget_masks(model)
 
 
 def _tensors(state: dict) -> list[torch.Tensor]:

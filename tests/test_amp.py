@@ -120,3 +120,38 @@ def test_captured_step_trains_like_the_eager_step_and_never_leaves_stale_masks(t
         assert graphed.evaluate("val") == pytest.approx(eager.evaluate("val"), abs=0.02)
         eager.scheduler.step()
         graphed.scheduler.step()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_warm_up_steps_before_a_capture_leave_no_trace(tmp_path, optimizer):
+    from rbp.step_graph import undone_updates
+
+    batches = _batches(2)
+    torch.manual_seed(0)
+    reference_losses, reference_params = _steps(_trainer(tmp_path, f"train.optimizer={optimizer}"), batches)
+    torch.manual_seed(0)
+    trainer = _trainer(tmp_path, f"train.optimizer={optimizer}")
+    trainer.model.train()
+    before = {id(t) for t in trainer.model.parameters()}
+    with undone_updates(trainer.model, trainer.optimizer, trainer.device):
+        for x, y in batches * 2:  # creates momentum / Adam state and moves every score and BN statistic
+            trainer.step(x, y)
+    assert before == {id(t) for t in trainer.model.parameters()}  # restored in place, same tensors
+    losses, params = _steps(trainer, batches)
+    # Zeroed fresh optimiser state is exactly what a first step assumes: the run continues unchanged.
+    assert losses == reference_losses
+    assert all(torch.equal(a, b) for a, b in zip(reference_params, params, strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("mode", ["subnet", "dense"])
+def test_a_training_step_never_waits_for_the_gpu(tmp_path, mode):
+    trainer = _trainer(tmp_path, "run.device=cuda", "train.amp=bf16", f"model.mode={mode}")
+    trainer.model.train()
+    ((x, y),) = _batches(1, "cuda")
+    trainer.step(x, y)  # first step: lazily created optimiser state and mask-sort constants
+    torch.cuda.set_sync_debug_mode("error")  # any host sync (.item(), nonzero, ...) now raises
+    try:
+        trainer.step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
