@@ -48,6 +48,9 @@ def test_amp_is_part_of_the_run_id_but_data_placement_is_not():
     base = load_config()
     assert load_config(None, ["train.amp=bf16"]).run_id() != base.run_id()
     assert load_config(None, ["run.data_on_device=true"]).run_id() == base.run_id()
+    for where in (["data.root=/data/a"], ["data.root=/mnt/b", "data.download=true"]):  # where, not what
+        assert load_config(None, where).run_id() == base.run_id()
+    assert load_config(None, ["train.cuda_graph=true"]).run_id() != base.run_id()
 
 
 def test_yaml_off_means_no_autocast(tmp_path):
