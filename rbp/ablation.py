@@ -205,14 +205,15 @@ def _small_dense_width(spec: AblationSpec, seed: int) -> int:
 
 @functools.cache
 def _matched_width(base_json: str) -> int:
-    """Memoised per base config: every job listing asks again, and the answer needs the data's shape."""
-    from rbp.data import load_splits
+    """Memoised per base config: every job listing asks again. Needs the data's shape, not its files."""
+    from rbp.data import data_shape
     from rbp.models import build_model, dense_width_for, kept_parameters
 
     base = Config.model_validate_json(base_json)
-    info = load_splits(base.data).info
-    kept, _ = kept_parameters(build_model(base, info.num_classes, info.input_shape, info.mean, info.std))
-    return dense_width_for(base, info.num_classes, info.input_shape, kept)
+    classes, shape = data_shape(base.data)
+    channels = [0.0] * shape[0]  # normalisation constants do not change the weight count
+    kept, _ = kept_parameters(build_model(base, classes, shape, channels, [1.0] * shape[0]))
+    return dense_width_for(base, classes, shape, kept)
 
 
 def _find_cell(spec: AblationSpec, name: str) -> tuple[CellSpec, StudySpec]:

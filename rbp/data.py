@@ -155,6 +155,24 @@ def _make_synthetic(cfg: DataConfig, generator: torch.Generator) -> tuple[Split,
     return train, test, info
 
 
+_SHAPES = {
+    "digits": (10, (1, 8, 8)),
+    "cifar10": (10, (3, 32, 32)),
+    "cifar100": (100, (3, 32, 32)),
+    "svhn": (10, (3, 32, 32)),
+}
+
+
+def data_shape(cfg: DataConfig) -> tuple[int, tuple[int, int, int]]:
+    """(number of classes, (C, H, W)) of the configured data set, without reading its files.
+
+    Enough to build a model's layers (e.g. to size a baseline) on a machine without the data.
+    """
+    if cfg.name == "synthetic":
+        return cfg.synthetic_classes, tuple(cfg.synthetic_shape)
+    return _SHAPES[cfg.name]
+
+
 def _data_root(cfg: DataConfig) -> Path:
     if cfg.root is None:
         raise RbpError(f"data.root: required for {cfg.name}; pass --set data.root=PATH")

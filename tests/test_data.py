@@ -11,7 +11,7 @@ import pytest
 import torch
 from fakedata import cifar_batch, image, write_pickle
 
-from rbp.config import DataConfig
+from rbp.config import DataConfig, load_config
 from rbp.data import Batches, Split, load_splits, random_crop_flip, to_unit_float
 from rbp.errors import RbpError
 
@@ -426,3 +426,17 @@ def test_batches_identical_on_cpu_and_gpu() -> None:
     for (xc, yc), (xg, yg) in zip(run("cpu"), run("cuda"), strict=True):
         assert xg.device.type == "cuda" and yg.device.type == "cuda"
         assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+
+
+@pytest.mark.parametrize("name", ["digits", "synthetic", "cifar10", "cifar100", "svhn"])
+def test_data_shape_without_files_matches_the_loaded_data(name, request):
+    from rbp.data import data_shape
+
+    overrides = [f"data.name={name}"]
+    if name not in ("digits", "synthetic"):
+        overrides.append(f"data.root={request.getfixturevalue(f'{name}_root')}")
+    if name == "synthetic":
+        overrides += ["data.synthetic_shape=[2,5,7]", "data.synthetic_classes=4"]
+    cfg = load_config(None, overrides).data
+    info = load_splits(cfg).info
+    assert data_shape(cfg) == (info.num_classes, info.input_shape)
