@@ -20,13 +20,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rbp.config import Config, from_dict, parse_override, read_yaml_mapping, set_path
 from rbp.errors import RbpError
 from rbp.results import read_results, result_row, write_row
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -205,15 +208,23 @@ def _small_dense_width(spec: AblationSpec, seed: int) -> int:
 
 @functools.cache
 def _matched_width(base_json: str) -> int:
-    """Memoised per base config: every job listing asks again. Needs the data's shape, not its files."""
+    """Memoised per base config: every job listing asks again."""
     from rbp.data import data_shape
-    from rbp.models import build_model, dense_width_for, kept_parameters
+    from rbp.models import dense_width_for, kept_parameters
 
     base = Config.model_validate_json(base_json)
-    classes, shape = data_shape(base.data)
-    channels = [0.0] * shape[0]  # normalisation constants do not change the weight count
-    kept, _ = kept_parameters(build_model(base, classes, shape, channels, [1.0] * shape[0]))
-    return dense_width_for(base, classes, shape, kept)
+    kept, _ = kept_parameters(shape_only_model(base))
+    return dense_width_for(base, *data_shape(base.data), kept)
+
+
+def shape_only_model(cfg: Config) -> nn.Module:
+    """The configured model built from its data set's shape alone, no data files read: for counting
+    and drawing layers (normalisation constants are placeholders; not for training or evaluation)."""
+    from rbp.data import data_shape
+    from rbp.models import build_model
+
+    classes, shape = data_shape(cfg.data)
+    return build_model(cfg, classes, shape, [0.0] * shape[0], [1.0] * shape[0])
 
 
 def _find_cell(spec: AblationSpec, name: str) -> tuple[CellSpec, StudySpec]:

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from rbp.ablation import AblationSpec, FigureSpec, jobs  # noqa: E402
+from rbp.ablation import AblationSpec, FigureSpec, jobs, shape_only_model  # noqa: E402
 from rbp.config import from_dict, set_path  # noqa: E402
 from rbp.errors import RbpError  # noqa: E402
 from rbp.tables import HEADERS, study_rows  # noqa: E402
@@ -79,16 +79,13 @@ def _cell_stat(spec: AblationSpec, results: pd.DataFrame, cell: str, metric: str
 
 def layer_densities(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
     """Per-layer density of the base model under each allocation rule (``rule`` or ``adaptive:p``)."""
-    from rbp.data import load_splits
-    from rbp.models import build_model
     from rbp.nn import allocate, subnet_layers
 
     tree: dict = {}
     for key, value in spec.base.items():
         set_path(tree, key, value)
     base = from_dict(tree)
-    info = load_splits(base.data).info
-    layers = subnet_layers(build_model(base, info.num_classes, info.input_shape, info.mean, info.std))
+    layers = subnet_layers(shape_only_model(base))
     shapes = {name: tuple(layer.weight.shape) for name, layer in layers.items()}
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(shapes)), 3.5))
     width = 0.8 / len(figure.rules)
