@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from rbp.ablation import AblationSpec, FigureSpec, jobs, shape_only_model  # noqa: E402
 from rbp.config import from_dict, set_path  # noqa: E402
 from rbp.errors import RbpError  # noqa: E402
+from rbp.results import read_results  # noqa: E402
 from rbp.tables import HEADERS, study_rows  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -137,11 +138,16 @@ def pareto(figure: FigureSpec) -> plt.Figure:
     front = pd.read_csv(figure.source)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     metric = figure.metric if figure.metric in front else next(c for c in front if c.endswith("acc"))
+    # Every trial of the search, where its rows sit beside the front (rbp tune's layout).
+    trials = read_results(Path(figure.source).parent / "rows")
+    if metric in trials and "kept_params" in trials:
+        ax.scatter(trials["kept_params"], 100 * trials[metric], color="lightgray", label="trials")
     front = front.sort_values("kept_params")
-    ax.plot(front["kept_params"], 100 * front[metric], marker="o")
+    ax.plot(front["kept_params"], 100 * front[metric], marker="o", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("kept weights")
     ax.set_ylabel(HEADERS.get(metric, metric))
+    ax.legend(loc="lower right")
     return fig
 
 

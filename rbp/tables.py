@@ -20,6 +20,7 @@ HEADERS = {
     "test_pgd20_acc": "PGD-20 (%)",
     "test_autoattack_acc": "AutoAttack (%)",
     "best_val_pgd_acc": "val PGD (%)",
+    "val_pgd_acc": "val PGD (%)",
     "kept_params": "kept weights",
     "total_params": "weights",
     "density": "density (%)",

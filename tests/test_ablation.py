@@ -226,3 +226,23 @@ def test_ablate_set_adds_to_every_cell(tmp_path):
     path = _spec(tmp_path, {"s": {"cells": [{"name": "a"}, {"name": "b", "set": {"train.epochs": 2}}]}})
     epochs = {j.cell: j.config.train.epochs for j in jobs(load_spec(path, ["train.epochs=5"]))}
     assert epochs == {"a": 5, "b": 2}  # a cell's own setting still wins
+
+
+def test_pareto_figure_from_a_search_front_and_its_trials(tmp_path, caplog):
+    import pandas as pd
+
+    search = tmp_path / "tune" / "s"
+    trials = pd.DataFrame({"kept_params": [100, 300, 300, 900], "val_pgd_acc": [0.5, 0.7, 0.6, 0.8]})
+    for index, row in trials.iterrows():
+        (search / "rows").mkdir(parents=True, exist_ok=True)
+        row.to_frame().T.to_parquet(search / "rows" / f"t{index}.parquet")
+    trials.drop(index=2).to_csv(search / "pareto.csv", index=False)
+    figures = [
+        {"kind": "pareto", "source": str(search / "pareto.csv"), "metric": "val_pgd_acc", "name": "front"},
+        {"kind": "pareto", "source": str(tmp_path / "none.csv"), "name": "absent"},
+    ]
+    spec = load_spec(_spec(tmp_path, {"s": {"cells": [{"name": "a"}]}}, figures))
+    written = write_figures(spec, read_results(spec.folder / "rows"))
+    assert sorted(p.name for p in written) == ["front.pdf", "front.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+    assert "absent" in caplog.text and "run the multi-objective search first" in caplog.text
