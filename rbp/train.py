@@ -64,6 +64,8 @@ class Trainer:
         self.cfg = cfg
         self.device = device or resolve_device(cfg.run.device)
         self.splits = splits or load_splits(cfg.data)
+        if self.device.type == "cuda":  # shapes are fixed within a run: let cuDNN time its algorithms once
+            torch.backends.cudnn.benchmark = True
         info = self.splits.info
         torch.manual_seed(cfg.seed)  # attack random starts draw from the global generator
         self.model = build_configured(cfg, asdict(info)).to(self.device)
