@@ -8,7 +8,7 @@
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
 # Then: run(command="bash bench/on_gpu.sh eager graph", carry=[".whl"]) and, in a second call (the
-# compiled variants spend minutes compiling), "bash bench/on_gpu.sh compile".
+# compiled variants spend minutes compiling), "bash bench/on_gpu.sh compile" (batch 256 only).
 set -uo pipefail
 execs=("${@:-eager graph}")
 out=${OUT:-/tmp/rbp-gpu}
@@ -24,5 +24,9 @@ if [[ " ${execs[*]} " == *" eager "* ]]; then
     2>&1 | tee "$out/gpu_tests.txt"
   python3 bench/mask_threshold.py 2>&1 | tee "$out/mask_threshold.txt"
 fi
+# Compiling takes minutes per variant and again per batch size: the compiled variants at batch 256 only.
+batches=(128 256 512)
+[[ " ${execs[*]} " == *" compile "* ]] && batches=(256)
 # shellcheck disable=SC2068
-python3 bench/train_step.py --execs ${execs[@]} 2>&1 | tee "$out/train_step_${execs[*]// /_}.txt"
+python3 bench/train_step.py --execs ${execs[@]} --batches "${batches[@]}" 2>&1 \
+  | tee "$out/train_step_${execs[*]// /_}.txt"
