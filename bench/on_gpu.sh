@@ -10,7 +10,8 @@
 # Then: run(command="bash bench/on_gpu.sh eager graph", carry=[".whl"]) and, in a second call (the
 # compiled variants spend minutes compiling), "bash bench/on_gpu.sh compile" (batch 256 only).
 set -uo pipefail
-execs=("${@:-eager graph}")
+if (($#)); then execs=("$@"); else execs=(eager graph); fi
+name=$(IFS=_; echo "${execs[*]}")
 out=${OUT:-/tmp/rbp-gpu}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -27,6 +28,4 @@ fi
 # Compiling takes minutes per variant and again per batch size: the compiled variants at batch 256 only.
 batches=(128 256 512)
 [[ " ${execs[*]} " == *" compile "* ]] && batches=(256)
-# shellcheck disable=SC2068
-python3 bench/train_step.py --execs ${execs[@]} --batches "${batches[@]}" 2>&1 \
-  | tee "$out/train_step_${execs[*]// /_}.txt"
+python3 bench/train_step.py --execs "${execs[@]}" --batches "${batches[@]}" 2>&1 | tee "$out/train_step_$name.txt"
