@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import median_seconds  # bench/timing.py: scripts run with bench/ on sys.path
 
 from rbp.config import load_config
 from rbp.models import build_model
@@ -54,25 +53,6 @@ METHODS: dict[str, Callable[[list[torch.Tensor], list[int]], list[torch.Tensor]]
 }
 
 
-def _median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the digits conv net instead of CIFAR ResNet-18")
@@ -97,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         masks = method(magnitudes, kept)
         assert [int(m.sum()) for m in masks] == kept, f"{name}: wrong kept counts"
         assert all(torch.equal(m, r) for m, r in zip(masks, reference, strict=True)), f"{name}: masks differ"
-        results[name] = _median_seconds(lambda: method(magnitudes, kept), device, args.warmup, args.repeats)  # noqa: B023
+        results[name] = median_seconds(lambda: method(magnitudes, kept), device, args.warmup, args.repeats)  # noqa: B023
     total = sum(m.numel() for m in magnitudes)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{len(layers)} subnet layers, {total:,} scores, {sum(kept):,} kept; {name}, torch {torch.__version__}")

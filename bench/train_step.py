@@ -16,37 +16,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from timing import median_seconds  # bench/timing.py: scripts run with bench/ on sys.path
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from rbp.config import load_config
 from rbp.data import Batches
 from rbp.train import Trainer
-
-
-def _time(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of one call after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            begin = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
 
 
 class _FlopCount(TorchDispatchMode):
@@ -122,7 +100,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         flops[mode] = _flops_per_image(trainer, x, y)
                     if trainer.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()
-                    seconds = _time(functools.partial(trainer.step, x, y), trainer.device, args.warmup, args.repeats)
+                    seconds = median_seconds(
+                        functools.partial(trainer.step, x, y), trainer.device, args.warmup, args.repeats
+                    )
                     peak = torch.cuda.max_memory_allocated() / 2**30 if trainer.device.type == "cuda" else float("nan")
                     rows.append(
                         {

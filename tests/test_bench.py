@@ -4,16 +4,18 @@ import importlib.util
 from pathlib import Path
 
 
-def _load(name):
-    path = Path(__file__).parents[1] / "bench" / f"{name}.py"
+def _load(name, monkeypatch):
+    bench = Path(__file__).parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))  # as `python bench/NAME.py` has it, for bench/timing.py
+    path = bench / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_train_step_benchmark_tiny(capsys):
-    bench = _load("train_step")
+def test_train_step_benchmark_tiny(capsys, monkeypatch):
+    bench = _load("train_step", monkeypatch)
     argv = ["--tiny", "--repeats", "1", "--warmup", "1", "--device", "cpu", "--execs", "eager", "graph"]
     rows = bench.main(argv)
     # Every mode x amp ran eagerly; the CUDA-graph variants are skipped without a GPU.
@@ -25,7 +27,9 @@ def test_train_step_benchmark_tiny(capsys):
     assert "images/s" in out[-5] and sum("GFLOP/image" in line for line in out) == 2
 
 
-def test_mask_threshold_benchmark_tiny(capsys):
-    results = _load("mask_threshold").main(["--tiny", "--repeats", "1", "--warmup", "0", "--device", "cpu"])
+def test_mask_threshold_benchmark_tiny(capsys, monkeypatch):
+    results = _load("mask_threshold", monkeypatch).main(
+        ["--tiny", "--repeats", "1", "--warmup", "0", "--device", "cpu"]
+    )
     assert set(results) == {"kthvalue", "sort", "topk", "one-sort"} and all(v > 0 for v in results.values())
     assert "one-sort" in capsys.readouterr().out.splitlines()[-1]
