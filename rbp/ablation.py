@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rbp.config import Config, from_dict, parse_override, read_yaml_mapping, set_path
+from rbp.config import Config, from_dict, nested, parse_override, read_yaml_mapping
 from rbp.errors import RbpError
 from rbp.results import read_results, result_row, write_row
 
@@ -177,33 +177,33 @@ def _read_tree(path: Path, seen: set[Path]) -> dict[str, Any]:
 def _cell_config(
     spec: AblationSpec, cell: CellSpec, seed: int, resolve: dict[str, Callable], shared: dict[str, Any]
 ) -> Config:
-    tree: dict[str, Any] = {}
     # Cells run unattended: no progress bars (the run section is not part of the run id).
-    for key, value in {
+    items = {
         "run.progress": False,
         **spec.base,
         **shared,
         **cell.set,
         "seed": seed,
         "run.out_dir": str(spec.folder / "runs"),
-    }.items():
-        set_path(tree, key, value)
+    }
     if cell.baseline == "small_dense":
-        set_path(tree, "model.width", resolve["small_dense"](spec, seed))
+        items["model.width"] = resolve["small_dense"](spec, seed)
     if cell.pretrained_from is not None:
-        set_path(tree, "init.pretrained", str(resolve["pretrained"](spec, cell.pretrained_from, seed)))
+        items["init.pretrained"] = str(resolve["pretrained"](spec, cell.pretrained_from, seed))
     try:
-        return from_dict(tree)
+        return from_dict(nested(items))
     except RbpError as error:
         raise RbpError(f"ablation {spec.name}, cell {cell.name!r}: {error}") from None
 
 
+def base_config(spec: AblationSpec, seed: int = 0) -> Config:
+    """The spec's base config at ``seed``, without any study's or cell's settings."""
+    return from_dict(nested({**spec.base, "seed": seed}))
+
+
 def _small_dense_width(spec: AblationSpec, seed: int) -> int:
     """Width of the dense net whose weight count matches the base subnet's kept count."""
-    tree: dict[str, Any] = {}
-    for key, value in {**spec.base, "seed": seed}.items():
-        set_path(tree, key, value)
-    return _matched_width(from_dict(tree).model_dump_json())
+    return _matched_width(base_config(spec, seed).model_dump_json())
 
 
 @functools.cache

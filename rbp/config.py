@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -282,6 +283,14 @@ def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
             raise RbpError(f"config error: {dotted}: {part!r} is a value, not a section")
         node = child
     node[leaf] = value
+
+
+def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}``: dotted keys as the tree :func:`from_dict` takes."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        set_path(tree, key, value)
+    return tree
 
 
 def parse_override(text: str) -> tuple[str, Any]:

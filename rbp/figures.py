@@ -12,8 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from rbp.ablation import AblationSpec, FigureSpec, jobs, shape_only_model  # noqa: E402
-from rbp.config import from_dict, set_path  # noqa: E402
+from rbp.ablation import AblationSpec, FigureSpec, base_config, jobs, shape_only_model  # noqa: E402
 from rbp.errors import RbpError  # noqa: E402
 from rbp.results import read_results  # noqa: E402
 from rbp.tables import HEADERS, study_rows  # noqa: E402
@@ -82,10 +81,7 @@ def layer_densities(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
     """Per-layer density of the base model under each allocation rule (``rule`` or ``adaptive:p``)."""
     from rbp.nn import allocate, subnet_layers
 
-    tree: dict = {}
-    for key, value in spec.base.items():
-        set_path(tree, key, value)
-    base = from_dict(tree)
+    base = base_config(spec)
     layers = subnet_layers(shape_only_model(base))
     shapes = {name: tuple(layer.weight.shape) for name, layer in layers.items()}
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(shapes)), 3.5))

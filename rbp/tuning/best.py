@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from rbp.config import Config, from_dict
+from rbp.config import Config, from_dict, nested
 from rbp.errors import RbpError
 from rbp.tuning import tracking
-from rbp.tuning.configkeys import config_keys, parse_config_value, unflatten_config
+from rbp.tuning.configkeys import config_keys, parse_config_value
 from rbp.tuning.report import format_table
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def config_from_params(params: dict[str, str]) -> Config:
                 flat[key] = parse_config_value(key, text)
             except ValueError:
                 raise RbpError(f"MLflow param {key}={text!r} does not parse as a {keys[key][0]}") from None
-    return from_dict(unflatten_config(flat))
+    return from_dict(nested(flat))
 
 
 def best_runs(uri: str, experiment: str, metric: str, mode: str, top: int) -> list[Ranked]:

@@ -80,18 +80,6 @@ def flatten_config(tree: dict[str, Any] | Config) -> dict[str, Any]:
     return flat
 
 
-def unflatten_config(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}`` (config leaf names hold no dots)."""
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
 def config_value_text(value: Any) -> str:
     """A config value as an MLflow param: JSON for lists/dicts, ``None`` for null, else ``str``."""
     if isinstance(value, (list, tuple, dict)):

@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rbp.config import Config, from_dict, parse_override, read_yaml_mapping
+from rbp.config import Config, from_dict, nested, parse_override, read_yaml_mapping
 from rbp.errors import RbpError
-from rbp.tuning.configkeys import config_keys, flatten_config, unflatten_config
+from rbp.tuning.configkeys import config_keys, flatten_config
 
 # Implied conditions: these parameters mean nothing unless the other key has one of the values.
 IMPLIED_CONDITIONS: dict[str, dict[str, list[Any]]] = {
@@ -205,7 +205,7 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
 
 def _validated(where: str, flat: dict[str, Any]) -> Config:
     try:
-        return from_dict(unflatten_config(flat))
+        return from_dict(nested(flat))
     except RbpError as error:
         raise _error(where, str(error)) from None
 

@@ -25,11 +25,10 @@ from typing import Any, Protocol
 import torch
 
 from rbp.checkpoint import load_model, read_checkpoint, save_checkpoint
-from rbp.config import Config, from_dict
+from rbp.config import Config, from_dict, nested
 from rbp.models import kept_parameters
 from rbp.run import test_metrics
 from rbp.train import Diverged, Trainer
-from rbp.tuning.configkeys import unflatten_config
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def trial_config(config: dict[str, Any]) -> Config:
     ``None`` values are left out: they mark conditional parameters the trial did not draw, and
     every optional core-config field defaults to ``None`` anyway.
     """
-    cfg = from_dict(unflatten_config({k: v for k, v in config.items() if v is not None}))
+    cfg = from_dict(nested({k: v for k, v in config.items() if v is not None}))
     cfg.run.progress = False  # Ray's reporter shows progress; no per-batch bars in worker logs
     return cfg
 
