@@ -131,12 +131,7 @@ def _load_digits() -> tuple[Split, DataInfo]:
     digits = load_digits()
     x = torch.from_numpy(digits.images).to(torch.float32).div_(16.0).unsqueeze(1)  # pixel values are 0..16
     y = torch.from_numpy(digits.target).to(torch.int64)
-    info = DataInfo(
-        num_classes=10,
-        input_shape=(1, 8, 8),
-        mean=(x.mean().item(),),
-        std=(x.std(correction=0).item(),),
-    )
+    info = DataInfo(*_SHAPES["digits"], mean=(x.mean().item(),), std=(x.std(correction=0).item(),))
     return Split(x, y), info
 
 
@@ -151,10 +146,11 @@ def _make_synthetic(cfg: DataConfig, generator: torch.Generator) -> tuple[Split,
     test = draw(max(1, cfg.synthetic_size // 5))
     channels = cfg.synthetic_shape[0]
     # Moments of U(0, 1): mean 1/2, std 1/sqrt(12).
-    info = DataInfo(cfg.synthetic_classes, tuple(cfg.synthetic_shape), (0.5,) * channels, (0.2887,) * channels)
+    info = DataInfo(*data_shape(cfg), (0.5,) * channels, (0.2887,) * channels)
     return train, test, info
 
 
+# (classes, (C, H, W)) of the file-backed data sets: what the loaders report and data_shape knows unread.
 _SHAPES = {
     "digits": (10, (1, 8, 8)),
     "cifar10": (10, (3, 32, 32)),
@@ -302,9 +298,8 @@ def _concat(parts: list[Split]) -> Split:
     return Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
 
 
-def _cifar_info(name: str, num_classes: int) -> DataInfo:
-    mean, std = _CIFAR_MEAN_STD[name]
-    return DataInfo(num_classes, (3, 32, 32), mean, std)
+def _cifar_info(name: str) -> DataInfo:
+    return DataInfo(*_SHAPES[name], *_CIFAR_MEAN_STD[name])
 
 
 def _load_cifar10(root: Path) -> tuple[Split, Split, DataInfo]:
@@ -312,14 +307,14 @@ def _load_cifar10(root: Path) -> tuple[Split, Split, DataInfo]:
     names = [f"{folder}/data_batch_{i}" for i in range(1, 6)] + [f"{folder}/test_batch"]
     paths = _require_files(root, names, "CIFAR-10")
     parts = [_read_cifar_file(path, b"labels", 10, "CIFAR-10") for path in paths]
-    return _concat(parts[:5]), parts[5], _cifar_info("cifar10", 10)
+    return _concat(parts[:5]), parts[5], _cifar_info("cifar10")
 
 
 def _load_cifar100(root: Path) -> tuple[Split, Split, DataInfo]:
     train_path, test_path = _require_files(root, ["cifar-100-python/train", "cifar-100-python/test"], "CIFAR-100")
     train = _read_cifar_file(train_path, b"fine_labels", 100, "CIFAR-100")
     test = _read_cifar_file(test_path, b"fine_labels", 100, "CIFAR-100")
-    return train, test, _cifar_info("cifar100", 100)
+    return train, test, _cifar_info("cifar100")
 
 
 # ----------------------------------------------------------------------------- SVHN
@@ -347,7 +342,7 @@ def _read_svhn_file(path: Path) -> Split:
 
 def _load_svhn(root: Path) -> tuple[Split, Split, DataInfo]:
     train_path, test_path = _require_files(root, ["train_32x32.mat", "test_32x32.mat"], "SVHN")
-    info = DataInfo(10, (3, 32, 32), *_SVHN_MEAN_STD)
+    info = DataInfo(*_SHAPES["svhn"], *_SVHN_MEAN_STD)
     return _read_svhn_file(train_path), _read_svhn_file(test_path), info
 
 
