@@ -40,6 +40,11 @@ class CapturedStep:
         self.model = model
         self.optimizer = optimizer
         self.warmup = warmup
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the graph (e.g. after the optimiser's state tensors were replaced): the next call
+        warms up and captures anew."""
         self.graph: torch.cuda.CUDAGraph | None = None
         self._key: tuple | None = None
 

@@ -253,7 +253,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])  # new state tensors: a graph must re-capture
         if self.captured is not None:
-            self.captured = CapturedStep(self._eager_step, self.model, self.optimizer)
+            self.captured.reset()
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
