@@ -8,7 +8,6 @@ generates; anything else is reported as one :class:`RbpError` line and no model 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,13 @@ import torch
 from torch import nn
 
 from rbp import __version__
+from rbp.atomic import atomic_path
 from rbp.config import Config, from_dict
 from rbp.errors import RbpError
 from rbp.models import build_model
 from rbp.nn import subnet_layers
 
 FORMAT, VERSION = "rbp-checkpoint", 1
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -40,20 +33,19 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
 ) -> None:
     """Write ``model``'s state (+ the trainer's, to resume) with everything needed to rebuild it."""
-    atomic_save(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "rbp_version": __version__,
-            "run_id": cfg.run_id(),
-            "config": cfg.to_dict(),
-            "data_info": data_info,
-            "model": model.state_dict(),
-            "trainer": trainer,
-            "metrics": metrics or {},
-        },
-        path,
-    )
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "rbp_version": __version__,
+        "run_id": cfg.run_id(),
+        "config": cfg.to_dict(),
+        "data_info": data_info,
+        "model": model.state_dict(),
+        "trainer": trainer,
+        "metrics": metrics or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config]:

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from torch import nn
 
 from rbp import __version__
+from rbp.atomic import atomic_path
 from rbp.checkpoint import load_model
 from rbp.config import Config, from_dict
 from rbp.errors import RbpError
@@ -370,16 +370,13 @@ def encode(model: nn.Module, cfg: Config, data_info: dict[str, Any], metrics: di
 def write_artefact(artefact: Artefact, path: str | Path) -> int:
     """Write the zip to a temporary name, then rename (a reader never sees half a file); its bytes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for name, data in artefact.members().items():
                 info = zipfile.ZipInfo(name, date_time=_EPOCH)
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, data)
-        os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise RbpError(f"export: cannot write {path}: {error.strerror or error}") from None
     return path.stat().st_size
 

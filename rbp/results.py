@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from rbp import __version__
+from rbp.atomic import atomic_path
 from rbp.config import Config
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,8 @@ def write_row(folder: str | Path, row: dict[str, Any], name: str | None = None) 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name or row['run_id']}.parquet"
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-    pd.DataFrame([row]).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame([row]).to_parquet(tmp, index=False)
     return path
 
 

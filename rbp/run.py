@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rbp.atomic import atomic_path
 from rbp.checkpoint import load_model, read_checkpoint, save_checkpoint
 from rbp.config import Config
 from rbp.data import to_unit_float
@@ -33,9 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -39,3 +39,19 @@ def test_corrupt_file_is_skipped_and_reported(tmp_path, caplog):
 
 def test_empty_folder_is_an_empty_table(tmp_path):
     assert isinstance(read_results(tmp_path), pd.DataFrame) and read_results(tmp_path).empty
+
+
+def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_failure(tmp_path):
+    import pytest
+
+    from rbp.atomic import atomic_path
+
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]

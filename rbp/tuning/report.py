@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from rbp.atomic import atomic_path
 
 # Spec metric -> the Parquet column holding its value at the end of a trial.
 _ROW_COLUMN = {
@@ -136,10 +137,9 @@ def write_pareto(front: pd.DataFrame, folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = folder / "pareto.csv", folder / "pareto.parquet"
     for path in paths:
-        tmp = path.with_name(f".{path.name}.tmp")
-        if path.suffix == ".csv":
-            front.to_csv(tmp, index=False)
-        else:
-            front.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            if path.suffix == ".csv":
+                front.to_csv(tmp, index=False)
+            else:
+                front.to_parquet(tmp, index=False)
     return paths
