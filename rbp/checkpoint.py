@@ -8,6 +8,9 @@ generates; anything else is reported as one :class:`RbpError` line and no model 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,35 @@ from rbp.errors import RbpError
 from rbp.models import build_model
 from rbp.nn import subnet_layers
 
-FORMAT, VERSION = "rbp-checkpoint", 1
+FORMAT, VERSION = "rbp-checkpoint", 2
+# What a checkpoint claims besides its tensors: covered by its digest, so an edit shows as tampering.
+_CLAIMS = ("run_id", "config", "data_info", "metrics")
+
+
+def claims_digest(payload: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a checkpoint's (or artefact header's) claims: config, data
+    statistics, metrics. It detects edits, not forgers (anyone can recompute it): no secret key."""
+    claims = {key: payload.get(key) for key in _CLAIMS}
+    return hashlib.sha256(json.dumps(claims, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_data_info(info: Any) -> tuple[int, tuple[int, int, int], list[float], list[float]]:
+    """``(num_classes, (C, H, W), mean, std)`` of a ``data_info`` dict; ValueError if malformed."""
+    if not isinstance(info, dict):
+        raise ValueError("data_info is missing")
+    classes, shape, mean, std = (info.get(k) for k in ("num_classes", "input_shape", "mean", "std"))
+    ok = is_int(classes, 2) and isinstance(shape, (list, tuple)) and len(shape) == 3
+    ok = ok and all(is_int(d, 1) for d in shape)
+    ok = ok and all(isinstance(v, (list, tuple)) and len(v) == shape[0] for v in (mean, std))
+    ok = ok and all(isinstance(x, (int, float)) and math.isfinite(x) for x in [*mean, *std])
+    if not ok or min(std) <= 0:
+        raise ValueError("data_info must hold num_classes, input_shape (C, H, W), mean and positive std per channel")
+    return classes, tuple(shape), list(mean), list(std)
+
+
+def is_int(value: Any, low: int = 0) -> bool:
+    """An int (not a bool) of at least ``low``: JSON headers are checked with it."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def save_checkpoint(
@@ -44,6 +75,7 @@ def save_checkpoint(
         "trainer": trainer,
         "metrics": metrics or {},
     }
+    payload["digest"] = claims_digest(payload)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -68,6 +100,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config]:
         raise RbpError(f"checkpoint {path}: its {error}") from None
     if cfg.run_id() != payload.get("run_id"):
         raise RbpError(f"checkpoint {path} is tampered: its config does not hash to its run id {payload.get('run_id')}")
+    if payload.get("digest") != claims_digest(payload):
+        raise RbpError(f"checkpoint {path} is tampered: its data_info or metrics do not match its digest")
+    try:
+        check_data_info(payload.get("data_info"))
+    except ValueError as error:
+        raise RbpError(f"checkpoint {path} is tampered: {error}") from None
     return payload, cfg
 
 
@@ -109,10 +147,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     """Rebuild the model of a checkpoint in eval mode on ``device``: ``(model, config, payload)``."""
     path = Path(path)
     payload, cfg = read_checkpoint(path)
-    info = payload.get("data_info")
-    if not isinstance(info, dict) or not isinstance(payload.get("model"), dict):
-        raise RbpError(f"checkpoint {path} is tampered: data_info or model state missing")
-    model = build_configured(cfg, info)
+    if not isinstance(payload.get("model"), dict):
+        raise RbpError(f"checkpoint {path} is tampered: model state missing")
+    model = build_configured(cfg, payload["data_info"])
     _check_state(path, model, payload["model"])
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), cfg, payload

@@ -82,12 +82,13 @@ def _eval(args: argparse.Namespace) -> int:
     if args.attack == "autoattack":
         aa = autoattack_accuracy(
             model,
-            to_unit_float(x).to(device),
-            y.to(device),
+            to_unit_float(x),
+            y,
             eps=eps,
             norm=norm,
             batch_size=args.batch_size,
             seed=args.seed,
+            device=device,
         )
         result.update(clean_acc=aa["clean_acc"], autoattack_acc=aa["autoattack_acc"])
     else:

@@ -12,10 +12,19 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from rbp.errors import RbpError
 
@@ -33,9 +42,26 @@ _ATTACK_DEFAULTS = {
 
 
 class _Section(BaseModel):
-    """Base for config sections: unknown keys are errors, assignments are re-validated."""
+    """Base for config sections: unknown keys are errors, assignments are re-validated, floats are
+    finite, and a boolean is no integer (pydantic would read ``epochs: true`` as 1)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and _is_number(annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+def _is_number(annotation: Any) -> bool:
+    """``int``, ``float`` or an optional / union of them (not ``bool``, not a Literal)."""
+    if annotation in (int, float):
+        return True
+    args = get_args(annotation)
+    return get_origin(annotation) in (Union, UnionType) and any(a in (int, float) for a in args) and bool not in args
 
 
 class DataConfig(_Section):
@@ -124,7 +150,10 @@ class AttackConfig(_Section):
 class TrainConfig(_Section):
     method: Literal["pgd", "fgsm", "trades", "clean"] = "pgd"
     trades_beta: float = Field(6.0, ge=0.0)
-    attack_bn: Literal["train", "eval"] = Field("train", description="BN mode while the attack runs")
+    attack_bn: Literal["train", "eval"] | None = Field(
+        None,
+        description="BN mode while the training attack runs; None: eval for trades (as published), train otherwise",
+    )
     epochs: int = Field(15, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.1, gt=0.0)
@@ -163,6 +192,11 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Validation and test attacks: their own step size, independent of the training attack's."""
+
+    step_scale: float = Field(
+        2.5, gt=0.0, description="PGD step of validation and test attacks = step_scale * eps / steps (Madry et al.)"
+    )
     val_pgd_steps: int = Field(10, ge=1, description="PGD steps on the validation split, picks the best checkpoint")
     test_pgd_steps: int = Field(20, ge=1)
     test_restarts: int = Field(1, ge=1)
@@ -201,6 +235,8 @@ class Config(_Section):
         if attack["step_size"] is None:
             scale = attack["eps"] / eps if eps else 1.0
             attack["step_size"] = 1.25 * attack["eps"] if self.train.method == "fgsm" else step * scale
+        if self.train.attack_bn is None:
+            self.train.__dict__["attack_bn"] = "eval" if self.train.method == "trades" else "train"
         if self.init.scheme is None:
             self.init.__dict__["scheme"] = "kaiming_normal" if self.model.mode == "dense" else "binary"
         mode, scheme = self.model.mode, self.init.scheme
@@ -210,9 +246,24 @@ class Config(_Section):
             raise ValueError(f"init.scheme {scheme} is not for dense models; dense models use kaiming_normal")
         if scheme == "pretrained" and (mode != "subnet" or self.init.pretrained is None):
             raise ValueError("init.scheme pretrained (HYDRA-style) needs model.mode=subnet and init.pretrained=CKPT")
+        if self.sparsity.allocation == "explicit" and mode == "subnet":
+            self._check_layer_names()
         if self.model.spectral_norm and mode != "dense":
             raise ValueError("model.spectral_norm is for dense models (subnet/binary weights are fixed ±s)")
         return self
+
+    def _check_layer_names(self) -> None:
+        """Explicit densities name exactly the architecture's subnet layers (checked now, not mid-build)."""
+        from rbp.data import data_shape  # local: data and models import config
+        from rbp.models import subnet_layer_names
+
+        m = self.model
+        names = subnet_layer_names(m.mode, m.arch, m.width, m.stem, *data_shape(self.data))
+        given = set(self.sparsity.layer_densities or {})
+        unknown, missing = sorted(given - set(names)), [n for n in names if n not in given]
+        if unknown or missing:
+            problem = f"unknown layer {unknown[0]!r}" if unknown else f"no density for layer {missing[0]!r}"
+            raise ValueError(f"sparsity.layer_densities: {problem}; the {m.arch} layers are {', '.join(names)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON/YAML-safe nested dict (paths as strings, tuples as lists)."""
@@ -228,12 +279,15 @@ class Config(_Section):
         (with a default that keeps the old behaviour) leaves every existing run id unchanged.
         """
         canonical = json.dumps(_non_defaults(self, exclude=_NOT_IN_RUN_ID), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return hashlib.sha256(f"{_RUN_ID_VERSION}:{canonical}".encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# Bumped when a default or the meaning of a field changes, so that results computed under the old
+# meaning never pass for new ones (2: evaluation step eval.step_scale, TRADES attack_bn eval, recipe).
+_RUN_ID_VERSION = 2
 _NOT_IN_RUN_ID = frozenset({"run", "data.root", "data.download"})
 
 

@@ -21,6 +21,14 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return model(x).argmax(dim=1) == y
 
 
+def _num_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int) -> int:
+    """Correct predictions on (x, y) anywhere, ``batch_size`` images at a time on ``device``."""
+    return sum(
+        int(_correct(model, xb.to(device), yb.to(device)).sum())
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True)
+    )
+
+
 def robust_correct(
     model: nn.Module,
     x: torch.Tensor,
@@ -101,16 +109,19 @@ def autoattack_accuracy(
     batch_size: int = 500,
     seed: int = 0,
     version: Literal["standard"] = "standard",
+    device: torch.device | str | None = None,
 ) -> dict[str, float | list[str]]:
     """AutoAttack ``standard`` (APGD-CE, APGD-T, FAB-T, Square; original code via ``pyautoattack``).
 
-    x: (N, C, H, W) in [0, 1] on the model's device. Returns clean and robust accuracy and
-    AutoAttack's own log lines (its warnings included). With fewer than 10 classes the targeted
-    attacks use every other class (n_classes - 1 targets), the most the protocol can do.
+    x: (N, C, H, W) in [0, 1], best kept on the CPU: AutoAttack moves ``batch_size`` images at a
+    time to ``device`` (default: the model's), so memory is bounded by the batch, not N. Returns
+    clean and robust accuracy and AutoAttack's own log lines (its warnings included). With fewer
+    than 10 classes the targeted attacks use every other class (n_classes - 1 targets), the most
+    the protocol can do.
     """
     from pyautoattack import AutoAttack  # heavy and optional at import time
 
-    device = x.device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     aa_logger = logging.getLogger("auto-attack")
     handler = _Forward()
     aa_logger.addHandler(handler)
@@ -119,19 +130,20 @@ def autoattack_accuracy(
     try:
         with bn_mode(model, train=False):
             attack = AutoAttack(model, norm=AUTOATTACK_NORMS[norm], eps=eps, version=version, device=device, seed=seed)
-            num_classes = model(x[:1]).shape[1]
+            with torch.no_grad():
+                num_classes = model(x[:1].to(device)).shape[1]
             if num_classes - 1 < attack.apgd_targeted.n_target_classes:
                 log.warning("autoattack: %d classes: targeted attacks use %d targets", num_classes, num_classes - 1)
                 attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = num_classes - 1
             x_adv, y_adv = attack.run_standard_evaluation(x, y, batch_size=batch_size)
-            clean = _correct(model, x, y).float().mean().item()
+            clean = _num_correct(model, x, y, device, batch_size) / len(y)
     finally:
         aa_logger.removeHandler(handler)
         aa_logger.setLevel(previous_level)
         aa_logger.propagate = True
-    distance = (x_adv - x).flatten(1)
+    distance = (x_adv.to(x.device) - x).flatten(1)
     radius = distance.abs().amax(dim=1) if norm == "linf" else distance.norm(dim=1)
     if radius.max().item() > eps * (1 + 1e-4) + 1e-6:  # a broken attack must not pass as a result
         raise RuntimeError(f"AutoAttack returned points outside the eps-ball ({radius.max().item():.6f} > {eps})")
-    robust = (y_adv == y).float().mean().item()
+    robust = (y_adv.to(y.device) == y).float().mean().item()
     return {"clean_acc": clean, "autoattack_acc": robust, "autoattack_log": handler.lines}

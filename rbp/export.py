@@ -42,15 +42,15 @@ from torch import nn
 
 from rbp import __version__
 from rbp.atomic import atomic_path
-from rbp.checkpoint import load_model
+from rbp.checkpoint import check_data_info, claims_digest, is_int, load_model
 from rbp.config import Config, from_dict
 from rbp.errors import RbpError
-from rbp.models import build_model
+from rbp.models import build_model, first_non_finite
 from rbp.nn import subnet_layers, weight_layers
 
 log = logging.getLogger(__name__)
 
-FORMAT, VERSION = "rbpz", 1
+FORMAT, VERSION = "rbpz", 2
 SUFFIX = ".rbpz"
 HEADER, MASKS, STATE = "header.json", "masks.bin", "state.bin"
 MEMBERS = (HEADER, MASKS, STATE)
@@ -345,6 +345,9 @@ def encode(model: nn.Module, cfg: Config, data_info: dict[str, Any], metrics: di
         )
     if cfg.init.scheme == "pretrained":
         raise RbpError("export needs weights the seed regenerates; init.scheme pretrained keeps a dense model's")
+    bad = first_non_finite(model)
+    if bad is not None:
+        raise RbpError(f"export: {bad} holds non-finite values (the run diverged); nothing to export")
     layers, masks_blob, masks = _encode_masks(model)
     tensors, state_blob, arrays = _encode_state(model)
     header = {
@@ -353,7 +356,9 @@ def encode(model: nn.Module, cfg: Config, data_info: dict[str, Any], metrics: di
         "rbp_version": __version__,
         "run_id": cfg.run_id(),
         "seed": cfg.seed,
-        "config": cfg.to_dict(),
+        # Without the ``run`` section: where the model was trained is no property of it (and would
+        # make the file's size depend on the length of a folder name).
+        "config": {key: value for key, value in cfg.to_dict().items() if key != "run"},
         "data_info": {k: list(v) if isinstance(v, tuple) else v for k, v in data_info.items()},
         "metrics": _json_safe(metrics),
         "layers": layers,
@@ -363,8 +368,18 @@ def encode(model: nn.Module, cfg: Config, data_info: dict[str, Any], metrics: di
             STATE: {"length": len(state_blob), "sha256": hashlib.sha256(state_blob).hexdigest()},
         },
     }
+    header["digest"] = header_digest(header)
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     return Artefact(header, header_bytes, masks_blob, state_blob, masks, arrays, cfg)
+
+
+def header_digest(header: dict[str, Any]) -> str:
+    """sha256 over everything the header says (claims, layer and tensor tables, the blobs' sha256), so
+    an edit of any field that changes outputs or claims is caught; like every keyless digest it
+    detects edits, not a forger who recomputes it."""
+    body = {key: value for key, value in header.items() if key != "digest"}
+    canonical = json.dumps({"claims": claims_digest(header), "body": body}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def write_artefact(artefact: Artefact, path: str | Path) -> int:
@@ -455,10 +470,6 @@ def _expect(path: Path, ok: bool, problem: str) -> None:
         raise _fail(path, problem)
 
 
-def _is_int(value: Any, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
 def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         header = json.loads(raw)
@@ -470,6 +481,7 @@ def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
     for key, kind in (("config", dict), ("data_info", dict), ("metrics", dict), ("layers", list), ("tensors", list)):
         _expect(path, isinstance(header.get(key), kind), f"header field {key!r} is missing or not a {kind.__name__}")
     _expect(path, isinstance(header.get("members"), dict), "header field 'members' is missing")
+    _expect(path, header.get("digest") == header_digest(header), "is tampered: its header does not match its digest")
     return header
 
 
@@ -491,9 +503,9 @@ def _slices(path: Path, entries: list[Any], blob: bytes, what: str) -> list[byte
         name = entry.get("name")
         _expect(path, isinstance(name, str), f"{what}[{index}] has no name")
         shape = entry.get("shape")
-        _expect(path, isinstance(shape, list) and all(_is_int(d) for d in shape), f"{what} {name}: bad shape {shape}")
+        _expect(path, isinstance(shape, list) and all(is_int(d) for d in shape), f"{what} {name}: bad shape {shape}")
         offset, length = entry.get("offset"), entry.get("length")
-        _expect(path, offset == end and _is_int(length), f"{what} {name}: offset/length do not follow the previous")
+        _expect(path, offset == end and is_int(length), f"{what} {name}: offset/length do not follow the previous")
         end += length
         _expect(path, end <= len(blob), f"{what} {name}: its length runs past the end of the data")
         parts.append(blob[offset:end])
@@ -507,11 +519,11 @@ def _decode_layer(path: Path, entry: dict[str, Any], blob: bytes) -> np.ndarray:
     _expect(path, isinstance(density, float) and 0.0 < density <= 1.0, f"layer {name}: bad density {density!r}")
     _expect(
         path,
-        _is_int(kept, 1) and kept == max(1, math.floor(density * n)),
+        is_int(kept, 1) and kept == max(1, math.floor(density * n)),
         f"layer {name}: kept {kept!r} != floor(density*n)",
     )
     _expect(path, encoding in ENCODINGS, f"layer {name}: unknown mask encoding {encoding!r}; known {list(ENCODINGS)}")
-    _expect(path, _is_int(k) and k <= MAX_RICE_K, f"layer {name}: bad Rice parameter {k!r}")
+    _expect(path, is_int(k) and k <= MAX_RICE_K, f"layer {name}: bad Rice parameter {k!r}")
     mask = decode_mask(encoding, k, blob, n, kept)
     _expect(
         path,
@@ -569,12 +581,10 @@ def _config_of(path: Path, header: dict[str, Any]) -> Config:
 
 
 def _data_info(path: Path, info: dict[str, Any]) -> tuple[int, tuple[int, int, int], list[float], list[float]]:
-    classes, shape, mean, std = (info.get(k) for k in ("num_classes", "input_shape", "mean", "std"))
-    ok = _is_int(classes, 1) and isinstance(shape, list) and len(shape) == 3 and all(_is_int(d, 1) for d in shape)
-    ok = ok and all(isinstance(v, list) and len(v) == shape[0] for v in (mean, std))
-    ok = ok and all(isinstance(x, (int, float)) for x in [*mean, *std])
-    _expect(path, ok, "data_info must hold num_classes, input_shape (C, H, W), mean and std per channel")
-    return classes, tuple(shape), mean, std
+    try:
+        return check_data_info(info)
+    except ValueError as error:
+        raise _fail(path, str(error)) from None
 
 
 def _check_against_model(path: Path, artefact: Artefact, model: nn.Module) -> None:

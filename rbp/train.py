@@ -23,7 +23,7 @@ from rbp.config import Config
 from rbp.data import Batches, Split, Splits, load_splits
 from rbp.errors import RbpError
 from rbp.evaluate import accuracy
-from rbp.models import kept_parameters
+from rbp.models import first_non_finite, kept_parameters
 from rbp.nn import clip_binary_weights
 from rbp.nn.lcnn import curvature_penalty
 from rbp.step_graph import CapturedStep
@@ -209,8 +209,7 @@ class Trainer:
         a = self.cfg.attack
         steps = self.cfg.eval.val_pgd_steps if steps is None else steps
         batches = Batches(getattr(self.splits, split), self.cfg.data.eval_batch_size, device=self.device)
-        # PGD-k for evaluation: step 2.5·eps/k (Madry et al.), at least the training step size.
-        step_size = max(a.step_size, 2.5 * a.eps / steps)
+        step_size = self.cfg.eval.step_scale * a.eps / steps  # independent of the training attack's step
         return accuracy(
             self.model, batches, eps=a.eps, step_size=step_size, steps=steps, restarts=restarts, norm=a.norm
         )
@@ -219,6 +218,9 @@ class Trainer:
         """Train one epoch, step the schedule, validate; ``is_best`` marks a new best val PGD accuracy."""
         lr = self.optimizer.param_groups[0]["lr"]
         metrics: dict[str, Any] = self.train_epoch(progress)
+        bad = first_non_finite(self.model)
+        if bad is not None:  # scores, weights or BN statistics: a finite loss does not prove them finite
+            raise Diverged(f"training diverged: {bad} holds non-finite values after epoch {self.epoch + 1}")
         self.scheduler.step()
         self.epoch += 1
         val = self.evaluate("val")

@@ -91,5 +91,6 @@ def test_run_id_ignores_fields_at_their_default():
     cfg = load_config(None, ["seed=2", "model.arch=mlp"])
     body = _non_defaults(cfg, exclude={"run"})
     assert body["seed"] == 2 and body["model"] == {"arch": "mlp"}
-    assert "train" not in body  # every train field at its default
+    assert body["train"] == {"attack_bn": "train"}  # resolved per method; every other train field at its default
+    assert "eval" not in body
     assert load_config(None, ["seed=2", "model.arch=mlp", "train.epochs=15"]).run_id() == cfg.run_id()

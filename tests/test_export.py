@@ -22,6 +22,7 @@ from rbp.export import (
     encode,
     encode_mask,
     export_run,
+    header_digest,
     load_any,
     load_artefact,
     model_size,
@@ -229,9 +230,10 @@ def _rewrite(path: Path, out: Path, edit=None, masks=None, state=None, fix_check
     masks, state = old_masks if masks is None else masks, old_state if state is None else state
     if edit is not None:
         edit(header)
-    if fix_checksums:
+    if fix_checksums:  # as a forger would: blob checksums and the header digest recomputed
         for name, blob in (("masks.bin", masks), ("state.bin", state)):
             header["members"][name] = {"length": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+        header["digest"] = header_digest(header)
     with zipfile.ZipFile(out, "w") as zf:
         zf.writestr("header.json", json.dumps(header))
         zf.writestr("masks.bin", masks)
@@ -273,7 +275,7 @@ def test_bad_containers_are_rejected(small, tmp_path):
 @pytest.mark.parametrize(
     "edit,needle",
     [
-        (_set(["version"], 2), "format version 2"),
+        (_set(["version"], 3), "format version 3"),
         (_set(["format"], "onnx"), "not an rbp artefact"),
         (_set(["layers", 0, "shape"], [16, 32]), "shape"),
         (_set(["layers", 0, "name"], "body.99"), "unknown layer"),
@@ -290,6 +292,22 @@ def test_bad_containers_are_rejected(small, tmp_path):
 )
 def test_inconsistent_headers_are_rejected(small, tmp_path, edit, needle):
     _rejected(_rewrite(small[0], tmp_path / "bad.rbpz", edit), needle)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _set(["data_info", "mean"], [0.1]),
+        _set(["data_info", "std"], [0.5]),
+        _set(["metrics", "test_clean_acc"], 0.99),
+        _set(["tensors", 0, "shape"], [7]),
+        _set(["run_id"], "000000000000"),
+    ],
+)
+def test_any_header_edit_is_tampering(small, tmp_path, edit):
+    """Editing what changes outputs (input statistics) or claims (metrics), then re-zipping, is caught."""
+    path = _rewrite(small[0], tmp_path / "edited.rbpz", edit, fix_checksums=False)
+    _rejected(path, "tampered")
 
 
 def test_tampered_mask_data_is_rejected(small, tmp_path):

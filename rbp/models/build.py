@@ -94,6 +94,17 @@ def build_model(
     return model
 
 
+def subnet_layer_names(
+    mode: str, arch: str, width: int | None, stem: str, classes: int, shape: tuple[int, ...]
+) -> list[str]:
+    """Names of the subnet layers (the keys of per-layer densities) of an architecture, built on the
+    meta device: no memory, no weights drawn."""
+    factory = LayerFactory(mode=mode)
+    with torch.device("meta"):
+        body = get_builder(arch)(factory, ArchSpec(classes, tuple(shape), width, stem))
+    return [f"body.{name}" for name in subnet_layers(body)]
+
+
 def dense_width_for(cfg: Config, num_classes: int, input_shape: tuple[int, int, int], target: int) -> int:
     """Width of the dense ``cfg.model.arch`` whose conv/linear weight count is closest to ``target``.
 
@@ -128,3 +139,12 @@ def kept_parameters(model: nn.Module) -> tuple[int, int]:
     """(kept, total) weights over every conv/linear layer."""
     rows = layer_report(model)
     return sum(r["kept"] for r in rows), sum(r["weights"] for r in rows)
+
+
+def first_non_finite(model: nn.Module) -> str | None:
+    """Name of the first floating parameter or buffer of ``model`` holding a NaN or inf, else None."""
+    tensors = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
+    if not tensors:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist()  # one host sync
+    return next((name for (name, _), ok in zip(tensors, finite, strict=True) if not ok), None)
