@@ -1,7 +1,8 @@
-"""Writers of tiny data sets in the real on-disk formats (CIFAR pickles, SVHN .mat)."""
+"""Writers of tiny data sets in the real on-disk formats (CIFAR pickles, SVHN .mat, MNIST IDX)."""
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from pathlib import Path
 
@@ -56,3 +57,30 @@ def write_svhn(path: Path, ids: range) -> None:
     images = np.stack([image(n) for n in ids])  # (N, C, H, W)
     labels = np.array([[n % 10 + 1] for n in ids], dtype=np.uint8)  # 1..10, 10 is the digit 0
     savemat(str(path), {"X": images.transpose(2, 3, 1, 0), "y": labels})  # stored as (H, W, C, N)
+
+
+def idx_image(n: int) -> np.ndarray:
+    """A distinct, asymmetric uint8 (28, 28) image per n."""
+    h, w = np.meshgrid(np.arange(28), np.arange(28), indexing="ij")
+    return ((h * 7 + w * 3 + n * 11) % 256).astype(np.uint8)
+
+
+def idx_bytes(magic: int, array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array: big-endian magic, one big-endian uint32 per dimension, the bytes."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, gzip-compressed when the name ends in ``.gz``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def write_idx_set(root: Path, train_ids: range, test_ids: range, *, gz: bool = True) -> None:
+    """The four official files: images ``idx_image(n)``, labels ``n % 10``."""
+    suffix = ".gz" if gz else ""
+    for split, ids in (("train", train_ids), ("t10k", test_ids)):
+        images = np.stack([idx_image(n) for n in ids])
+        write_idx(root / f"{split}-images-idx3-ubyte{suffix}", idx_bytes(2051, images))
+        write_idx(root / f"{split}-labels-idx1-ubyte{suffix}", idx_bytes(2049, np.array([n % 10 for n in ids])))
