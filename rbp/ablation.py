@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rbp.atomic import atomic_path
 from rbp.config import Config, from_dict, nested, parse_override, read_yaml_mapping
 from rbp.errors import RbpError
 from rbp.results import read_results, result_row, write_row
@@ -260,13 +263,38 @@ def _run_order(pending: list[Job]) -> list[Job]:
     return sorted(pending, key=lambda job: (job.seed, job.config.init.scheme == "pretrained"))
 
 
-def run_job(job: Job, rows_folder: Path) -> dict[str, Any]:
-    """Train one cell × seed (resuming its folder if a run was cut short) and write its row."""
+def model_path(folder: Path, job: Job) -> Path:
+    """Where a cell's committed model lives: ``<folder>/models/<study>.<cell>.rbpz`` for a subnet (seed
+    + masks, ``rbp eval`` reads it), ``.pt`` (its best checkpoint) for what the format cannot hold."""
+    cfg = job.config
+    suffix = ".rbpz" if cfg.model.mode == "subnet" and cfg.init.scheme != "pretrained" else ".pt"
+    slug = ".".join(re.sub(r"[^a-z0-9]+", "_", part.lower()).strip("_") for part in (job.study, job.cell))
+    return folder / "models" / f"{slug}{suffix}"
+
+
+def _keep_model(job: Job, run_dir: Path, folder: Path) -> None:
+    """Copy the trained model of ``job`` to :func:`model_path`, so every table row can be re-evaluated."""
+    from rbp.export import export_run
+
+    path = model_path(folder, job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".rbpz":
+        export_run(run_dir, path)
+    else:
+        with atomic_path(path) as tmp:
+            shutil.copyfile(run_dir / "best.pt", tmp)
+
+
+def run_job(job: Job, rows_folder: Path, keep_model: bool = False) -> dict[str, Any]:
+    """Train one cell × seed (resuming its folder if a run was cut short) and write its row; with
+    ``keep_model`` its model also goes to :func:`model_path` (for the first seed of a spec)."""
     from rbp.run import train_run
     from rbp.train import Diverged
 
     try:
         summary = train_run(job.config, resume=True)
+        if keep_model:
+            _keep_model(job, Path(summary["run_dir"]), rows_folder.parent)
         row = result_row(job.config, summary, extra={"cell": job.cell, "seed": job.seed})
     except Diverged as error:
         extra = {"cell": job.cell, "seed": job.seed}
@@ -294,9 +322,9 @@ def run_ablation(spec: AblationSpec, address: str | None = None) -> int:
     if address is None or not pending:
         for index, job in enumerate(pending, 1):
             log.info("[%d/%d] %s / %s / seed %d", index, len(pending), job.study, job.cell, job.seed)
-            run_job(job, rows_folder)
+            run_job(job, rows_folder, keep_model=job.seed == spec.seeds[0])
         return len(pending)
     from rbp.ablation_ray import run_on_ray  # the only place the ablation runner touches Ray
 
-    run_on_ray(pending, rows_folder, address)
+    run_on_ray(pending, rows_folder, address, keep_seed=spec.seeds[0])
     return len(pending)

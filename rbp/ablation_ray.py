@@ -11,8 +11,9 @@ from rbp.errors import RbpError
 log = logging.getLogger(__name__)
 
 
-def run_on_ray(pending: list[Job], rows_folder: Path, address: str) -> None:
+def run_on_ray(pending: list[Job], rows_folder: Path, address: str, keep_seed: int) -> None:
     """Each job one task; HYDRA-style jobs only after the dense runs they start from have finished.
+    Jobs of seed ``keep_seed`` also keep their model (:func:`rbp.ablation.model_path`).
 
     A job whose config says ``run.device: cuda`` asks Ray for one GPU, any other one CPU core.
     ``rows_folder`` and the run folders must be on storage every node sees (a shared file system).
@@ -30,7 +31,9 @@ def run_on_ray(pending: list[Job], rows_folder: Path, address: str) -> None:
             [j for j in pending if j.config.init.scheme != "pretrained"],
             [j for j in pending if j.config.init.scheme == "pretrained"],
         ):
-            ray.get([task.options(**task_resources(job)).remote(job, rows_folder) for job in wave])
+            ray.get(
+                [task.options(**task_resources(job)).remote(job, rows_folder, job.seed == keep_seed) for job in wave]
+            )
             log.info("ray: %d runs finished", len(wave))
     finally:
         ray.shutdown()

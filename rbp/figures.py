@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -77,53 +78,76 @@ def _cell_stat(spec: AblationSpec, results: pd.DataFrame, cell: str, metric: str
     return None
 
 
+def _rule_label(rule: str) -> str:
+    name, _, p = rule.partition(":")
+    return {"erk": "ERK", "uniform": "uniform"}.get(name, f"{name}, p = {p}" if p else name)
+
+
 def layer_densities(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
-    """Per-layer density of the base model under each allocation rule (``rule`` or ``adaptive:p``)."""
+    """Per-layer density of the base model under each allocation rule (``rule`` or ``adaptive:p``),
+    layers from input to output with their weight counts."""
     from rbp.nn import allocate, subnet_layers
 
     base = base_config(spec)
     layers = subnet_layers(shape_only_model(base))
     shapes = {name: tuple(layer.weight.shape) for name, layer in layers.items()}
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(shapes)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(shapes)), 3.5))
     width = 0.8 / len(figure.rules)
     for index, rule in enumerate(figure.rules):
         name, _, p = rule.partition(":")
         densities = allocate(shapes, base.sparsity.density, name, float(p) if p else 1.0)
-        ax.bar(
-            [i + index * width for i in range(len(shapes))], [100 * d for d in densities.values()], width, label=rule
-        )
+        xs = [i + index * width for i in range(len(shapes))]
+        ax.bar(xs, [100 * d for d in densities.values()], width, label=_rule_label(rule))
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))])
-    ax.set_xticklabels([n.removeprefix("body.") for n in shapes], rotation=60, ha="right", fontsize=7)
+    labels = [f"{_layer_label(n, layers[n])}\n{math.prod(s):,} w" for n, s in shapes.items()]
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xlabel("layer, input to output (weights)")
     ax.set_yscale("log")
     ax.set_ylabel("kept weights (%)")
-    ax.set_title(f"allocation at global density {100 * base.sparsity.density:g}%")
-    ax.legend(fontsize=7)
+    ax.set_title(f"per-layer density at global density {100 * base.sparsity.density:g}%")
+    ax.legend(fontsize=8, title="allocation", title_fontsize=8)
     return fig
 
 
+def _layer_label(name: str, layer: torch.nn.Module) -> str:
+    """``conv 0`` / ``linear 13``: the layer's kind and its index in the model body."""
+    kind = "conv" if layer.weight.dim() == 4 else "linear"
+    return f"{kind} {name.removeprefix('body.')}"
+
+
 def masks(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
-    """Mask patterns of a trained subnet: each layer's kept-weight map (conv: kept count per kernel)."""
-    from rbp.checkpoint import load_model
+    """Mask patterns of a trained subnet, from the cell's committed model (``models/...rbpz``): each
+    layer's kept-weight map (conv: kept count per kernel), one colour bar for all panels."""
+    from rbp.ablation import model_path
+    from rbp.export import load_any
     from rbp.nn import subnet_layers
 
-    job = next((j for j in jobs(spec) if j.cell == figure.cell), None)
+    job = next((j for j in jobs(spec) if j.cell == figure.cell and j.seed == spec.seeds[0]), None)
     if job is None:
         raise RbpError(f"figure masks: no cell {figure.cell!r} in the spec")
-    checkpoint = spec.folder / "runs" / job.config.run_id() / "best.pt"
-    model, _, _ = load_model(checkpoint)
+    path = model_path(spec.folder, job)
+    if not path.is_file():
+        raise RbpError(f"figure masks: no model {path} yet; `rbp ablate` writes it when the cell has run")
+    model, _ = load_any(path)
     layers = subnet_layers(model)
-    fig, axes = plt.subplots(1, len(layers), figsize=(2.2 * len(layers), 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.2 * len(layers), 2.8), squeeze=False)
     with torch.no_grad():
         for ax, (name, layer) in zip(axes[0], layers.items(), strict=True):
             mask = layer.mask()
-            # (out, in, kh, kw) -> kept count per kernel; linear layers are their (out, in) mask.
-            image = mask.flatten(2).sum(-1) if mask.dim() == 4 else mask
-            full = mask[0].numel() // image.shape[1] if mask.dim() == 4 else 1  # weights per kernel
-            ax.imshow(image.cpu().numpy(), aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=full)
-            ax.set_title(f"{name.removeprefix('body.')}\n{100 * layer.kept / mask.numel():.1f}% kept", fontsize=7)
+            # (out, in, kh, kw) -> kept fraction per kernel; linear layers are their (out, in) mask.
+            image = mask.flatten(2).mean(-1) if mask.dim() == 4 else mask
+            shown = ax.imshow(image.cpu().numpy(), aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=1)
+            shape = "x".join(map(str, mask.shape))
+            ax.set_title(
+                f"{_layer_label(name, layer)} ({shape})\n{100 * layer.kept / mask.numel():.1f}% kept", fontsize=7
+            )
+            ax.set_xlabel("inputs", fontsize=7)
+            ax.set_ylabel("outputs", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"mask patterns: {figure.cell}, seed {job.seed} (rows: outputs, columns: inputs)", fontsize=8, y=1.1)
+    bar = fig.colorbar(shown, ax=axes[0].tolist(), fraction=0.02, pad=0.02)
+    bar.set_label("kept fraction per kernel (conv) / kept (linear)", fontsize=7)
+    fig.suptitle(f"mask patterns: {figure.cell}, seed {job.seed}", fontsize=8, y=1.08)
     return fig
 
 

@@ -8,12 +8,13 @@ bold (highest accuracy, fewest parameters, smallest size).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from rbp.ablation import LOWER_IS_BETTER, AblationSpec, jobs
+from rbp.ablation import LOWER_IS_BETTER, AblationSpec, base_config, jobs
 
 HEADERS = {
     "test_clean_acc": "clean (%)",
@@ -74,6 +75,16 @@ def study_rows(spec: AblationSpec, study: str, results: pd.DataFrame) -> list[Ro
     return rows
 
 
+ACCURACY = {"test_clean_acc", "test_pgd20_acc", "test_autoattack_acc", "best_val_pgd_acc"}
+
+
+def at_chance(row: Row, chance: float) -> bool:
+    """A row whose worst accuracy column is at or below guessing (1 / classes): a failed model, which
+    must not win a column (e.g. fewest weights) in bold."""
+    means = [stat.mean for column, stat in row.stats.items() if column in ACCURACY and stat is not None]
+    return bool(means) and min(means) <= chance
+
+
 def _best(rows: list[Row], column: str) -> float | None:
     means = [r.stats[column].mean for r in rows if r.stats.get(column) is not None]
     if not means:
@@ -92,15 +103,17 @@ def _format(column: str, stat: Stat | None) -> str:
     return f"{stat.mean:,.1f}"
 
 
-def _cells(rows: list[Row], columns: list[str], bold: tuple[str, str]) -> list[list[str]]:
-    """Formatted cell text per row, the column's best mean wrapped in ``bold``."""
-    best = {column: _best(rows, column) for column in columns}
+def _cells(rows: list[Row], columns: list[str], bold: tuple[str, str], chance: float) -> list[list[str]]:
+    """Formatted cell text per row, the column's best mean wrapped in ``bold`` (rows at chance excluded)."""
+    contenders = [row for row in rows if not at_chance(row, chance)]
+    best = {column: _best(contenders, column) for column in columns}
     table = []
     for row in rows:
         texts = []
         for column in columns:
             stat, text = row.stats.get(column), _format(column, row.stats.get(column))
-            if stat is not None and best[column] is not None and math.isclose(stat.mean, best[column]):
+            won = stat is not None and best[column] is not None and math.isclose(stat.mean, best[column])
+            if won and row in contenders:
                 text = f"{bold[0]}{text}{bold[1]}"
             texts.append(text)
         table.append(texts)
@@ -111,13 +124,23 @@ def _notes(rows: list[Row]) -> list[str]:
     return [f"{row.cell}: {'; '.join(row.notes)}" for row in rows if row.notes]
 
 
+def _chance(spec: AblationSpec) -> float:
+    from rbp.data import data_shape
+
+    return 1.0 / data_shape(base_config(spec).data)[0]
+
+
+def _seeds_note(spec: AblationSpec) -> str:
+    return f"mean ± std over {len(spec.seeds)} seeds; bold: best of each column among rows above chance"
+
+
 def markdown(spec: AblationSpec, study: str, results: pd.DataFrame) -> str:
     """The study as a Markdown table with a caption line and notes for missing results."""
     columns, rows = spec.studies[study].columns, study_rows(spec, study, results)
-    lines = [f"**{study}**: {spec.studies[study].caption} (mean ± std over {len(spec.seeds)} seeds)", ""]
+    lines = [f"**{study}**: {spec.studies[study].caption} ({_seeds_note(spec)})", ""]
     lines.append("| cell | " + " | ".join(HEADERS[c] for c in columns) + " |")
     lines.append("|---|" + "---|" * len(columns))
-    for row, texts in zip(rows, _cells(rows, columns, ("**", "**")), strict=True):
+    for row, texts in zip(rows, _cells(rows, columns, ("**", "**"), _chance(spec)), strict=True):
         lines.append(f"| {row.cell} | " + " | ".join(texts) + " |")
     notes = _notes(rows)
     if notes:
@@ -134,11 +157,14 @@ def _latex_escape(text: str) -> str:
 def latex(spec: AblationSpec, study: str, results: pd.DataFrame) -> str:
     """The study as a booktabs LaTeX table (``\\usepackage{booktabs}``)."""
     columns, rows = spec.studies[study].columns, study_rows(spec, study, results)
-    cells = _cells(rows, columns, (r"\textbf{", "}"))
+    cells = _cells(rows, columns, (r"\textbf{", "}"), _chance(spec))
+    caption = _latex_escape(f"{spec.studies[study].caption or study} ({_seeds_note(spec)})").replace("±", r"$\pm$")
+    label = re.sub(r"[^A-Za-z0-9]+", "-", f"{spec.name}-{study}")
     body = [
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{_latex_escape(spec.studies[study].caption or study)}}}",
+        rf"\caption{{{caption}}}",
+        rf"\label{{tab:{label}}}",
         r"\begin{tabular}{l" + "r" * len(columns) + "}",
         r"\toprule",
         "cell & " + " & ".join(_latex_escape(HEADERS[c]) for c in columns) + r" \\",

@@ -1,5 +1,6 @@
 """Ablation specs: cell hashing and reuse, every baseline runs, tables and figures, bad specs."""
 
+import json
 import textwrap
 
 import pytest
@@ -80,10 +81,18 @@ def test_every_baseline_runs_results_are_reused_and_rendered(tmp_path, capsys):
     rows = read_results(spec.folder / "rows")
     assert len(rows) == 7 and set(rows["status"]) == {"finished"}
     assert run_ablation(spec) == 0  # a second run computes nothing
+    # Seed 0 of every distinct run keeps its model: .rbpz for subnets, the checkpoint otherwise.
+    models = {path.name for path in (spec.folder / "models").iterdir()}
+    expected = {"ours.rbpz", "fp.pt", "bnn.pt", "small.pt", "hydra.pt", "lcnn.pt"}
+    assert models == {f"baselines.{name}" for name in expected} | {"density.density_0_5.rbpz"}
     small = next(j for j in jobs(spec) if j.cell == "small")
     ours = rows[rows["cell"] == "ours"].iloc[0]
     small_row = rows[rows["run_id"] == small.config.run_id()].iloc[0]
     assert abs(small_row["kept_params"] - ours["kept_params"]) / ours["kept_params"] < 0.5
+    evaluated = tmp_path / "eval.json"
+    for model, row in (("baselines.ours.rbpz", ours), ("baselines.fp.pt", rows[rows["cell"] == "fp"].iloc[0])):
+        assert main(["eval", str(spec.folder / "models" / model), "--attack", "clean", "--out", str(evaluated)]) == 0
+        assert json.loads(evaluated.read_text())["clean_acc"] == row["test_clean_acc"]  # the table's number, exactly
     assert main(["tables", str(tmp_path / "spec.yaml")]) == 0
     out = capsys.readouterr().out
     assert "| hydra |" in out and "| lcnn |" in out
