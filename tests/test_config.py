@@ -91,6 +91,32 @@ def test_run_id_ignores_fields_at_their_default():
     cfg = load_config(None, ["seed=2", "model.arch=mlp"])
     body = _non_defaults(cfg, exclude={"run"})
     assert body["seed"] == 2 and body["model"] == {"arch": "mlp"}
-    assert body["train"] == {"attack_bn": "train"}  # resolved per method; every other train field at its default
+    assert body["train"] == {"attack_bn": "train", "epochs": 20}  # resolved per method / data set; others default
     assert "eval" not in body
-    assert load_config(None, ["seed=2", "model.arch=mlp", "train.epochs=15"]).run_id() == cfg.run_id()
+    assert load_config(None, ["seed=2", "model.arch=mlp", "train.epochs=20"]).run_id() == cfg.run_id()
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [([], "train"), (["train.method=trades"], "eval"), (["train.method=trades", "train.attack_bn=train"], "train")],
+)
+def test_trades_attacks_with_bn_in_eval_mode_unless_told(overrides, expected):
+    assert load_config(None, overrides).train.attack_bn == expected
+
+
+def test_evaluation_step_is_independent_of_the_training_attack(monkeypatch):
+    """FGSM trains with step 1.25 eps; validation and test PGD-k still step 2.5 eps / k."""
+    import rbp.train
+    from rbp.train import Trainer
+
+    seen = []
+    monkeypatch.setattr(rbp.train, "accuracy", lambda *a, **k: seen.append(k["step_size"]) or {})
+    cfg = load_config(None, ["train.method=fgsm", "model.arch=mlp", "model.width=8"])
+    assert cfg.attack.step_size == pytest.approx(1.25 * 0.1)
+    trainer = Trainer(cfg)
+    trainer.evaluate("val", steps=10)
+    trainer.evaluate("test", steps=20)
+    assert seen == pytest.approx([2.5 * 0.1 / 10, 2.5 * 0.1 / 20])
+    trainer.cfg.eval.step_scale = 1.0
+    trainer.evaluate("test", steps=20)
+    assert seen[-1] == pytest.approx(0.1 / 20)
