@@ -105,7 +105,7 @@ def layer_densities(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
     ax.set_yscale("log")
     ax.set_ylabel("kept weights (%)")
     ax.set_title(f"per-layer density at global density {100 * base.sparsity.density:g}%")
-    ax.legend(fontsize=8, title="allocation", title_fontsize=8)
+    ax.legend(fontsize=8, title="allocation", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
