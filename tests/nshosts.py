@@ -4,8 +4,9 @@ Each host is a network namespace with its own address on a private test subnet (
 attached by a veth pair to a bridge that lives in a namespace of its own (nothing is added to the
 machine's own network namespace, so no traffic can leave the machine). Inside, the host's process 1
 (``hosts/boot.sh``) runs in its own PID, mount and UTS namespaces: a ``ray stop`` there sees only that
-host's processes, ``/tmp/ray`` and ``~`` are the host's own, ``/mnt`` is the storage every host shares,
-and the host's sshd is what Ray's launcher logs into. Killing process 1 kills the whole host.
+host's processes, ``/tmp/ray`` and root's home are the host's own (the rest of the file system is the
+machine's, so the same Python environment runs everywhere), ``/mnt`` is the storage every host
+shares, and the host's sshd is what Ray's launcher logs into. Killing process 1 kills the whole host.
 
 Every namespace is named ``rbpc<pid of the test process>-<role>``; :func:`remove_stale` removes those
 of test processes that are gone (a test run that was killed), and :meth:`Hosts.close` stops the
@@ -65,6 +66,17 @@ def _remove_namespace(name: str) -> None:
                 pass
         time.sleep(0.1)
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _with_root_home(passwd: str, home: Path) -> str:
+    """``passwd`` (the text of /etc/passwd) with root's home directory set to ``home``."""
+    lines = []
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if fields[0] == "root":
+            fields[5] = str(home)
+        lines.append(":".join(fields))
+    return "\n".join(lines) + "\n"
 
 
 def remove_stale() -> list[str]:
@@ -145,9 +157,11 @@ class Hosts:
     def _boot(self, host: Host) -> None:
         for sub in ("home", "ray", "etc"):
             (host.folder / sub).mkdir(parents=True, exist_ok=True)
+        etc = host.folder / "etc"
         names = "".join(f"{other.address} {other.name}\n" for other in self.hosts)
-        (host.folder / "etc" / "hosts").write_text(f"127.0.0.1 localhost\n{names}")
-        (host.folder / "etc" / "resolv.conf").write_text("# no name server on the test subnet\n")
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{names}")
+        (etc / "resolv.conf").write_text("# no name server on the test subnet\n")
+        (etc / "passwd").write_text(_with_root_home(Path("/etc/passwd").read_text(), self.home(host)))
         host_key = host.folder / "host_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
         config = host.folder / "sshd_config"
@@ -174,14 +188,17 @@ class Hosts:
             "sh",
             str(BOOT),
             host.name,
-            str(host.folder / "home"),
             str(host.folder / "ray"),
             str(self.shared),
-            str(host.folder / "etc"),
+            str(etc),
             str(config),
         ]
         log = open(host.folder / "boot.log", "w")  # noqa: SIM115 (the host outlives this call)
         host.launcher = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def home(self, host: Host) -> Path:
+        """Root's home directory on ``host`` (its own; the machine's /root stays as it is)."""
+        return host.folder / "home"
 
     def ssh(self, host: Host) -> list[str]:
         """The ssh command line that logs into ``host`` from another host (run it with :meth:`run_on`)."""

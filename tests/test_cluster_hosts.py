@@ -68,12 +68,12 @@ def hosts():
 
 
 def user_env(hosts: nshosts.Hosts) -> dict[str, str]:
-    """The environment of a user logged in on the head who runs Ray's CLI (no PYTHONPATH: jobs bring code)."""
+    """The environment of root logged in on the head, running Ray's CLI (no PYTHONPATH: jobs bring code)."""
     launcher_tmp = hosts.root / "launcher"
     launcher_tmp.mkdir(exist_ok=True)
     return {
         "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": "/root",
+        "HOME": str(hosts.home(hosts.hosts[0])),
         "LANG": "C.UTF-8",
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",

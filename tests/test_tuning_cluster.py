@@ -1,4 +1,4 @@
-"""Taking a search to a cluster: ``cluster.yaml`` passes Ray's own validation, and ``rbp tune
+"""Taking a search to a cluster: every ``cluster*.yaml`` passes Ray's own validation, and ``rbp tune
 --address`` runs on a real multi-process Ray cluster (a head and a worker node on loopback).
 
 The cluster test starts its Ray processes with a marker in their environment and a private
@@ -31,8 +31,11 @@ REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def cluster_config() -> dict:
-    return yaml.safe_load((REPO / "cluster.yaml").read_text())
+CLUSTER_FILES = sorted(p.name for p in REPO.glob("cluster*.yaml"))
+
+
+def cluster_config(name: str = "cluster.yaml") -> dict:
+    return yaml.safe_load((REPO / name).read_text())
 
 
 def validated(config: dict) -> dict:
@@ -44,9 +47,23 @@ def validated(config: dict) -> dict:
     return prepared
 
 
-def test_cluster_yaml_passes_ray_validation():
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_every_cluster_file_passes_ray_validation_and_sets_up_the_same(name):
     import ray
 
+    assert {"cluster.yaml", "cluster-onprem.yaml"} <= set(CLUSTER_FILES)
+    prepared = validated(cluster_config(name))
+    setup = " ".join(prepared["setup_commands"])
+    assert f"ray[tune,default]=={ray.__version__}" in setup  # the tested Ray, never a nightly wheel
+    assert '-e "$HOME/rbp[cluster]"' in setup and "nightly" not in setup and "ray-wheels" not in setup
+    assert "rbp-env/bin:$PATH' >> ~/.bashrc" in setup  # `ray` on the login PATH, where the launcher runs it
+    starts = prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=" in c for c in starts if "ray start" in c)
+    head = " ".join(prepared["head_start_ray_commands"])
+    assert "mlflow server" in head and "/health" in head  # the tracking server, ready when `ray up` returns
+
+
+def test_aws_file_boots_a_current_image_with_s3_access_and_data_on_every_worker():
     prepared = validated(cluster_config())
     assert prepared["provider"]["type"] == "aws"
     nodes = prepared["available_node_types"]
@@ -55,20 +72,26 @@ def test_cluster_yaml_passes_ray_validation():
     assert worker["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
     assert worker["node_config"]["InstanceType"].startswith(("g", "p"))  # a GPU instance
     assert worker["min_workers"] == 0 and worker["max_workers"] >= 1 and prepared["max_workers"] >= 1
-    setup = " ".join(prepared["setup_commands"])
-    assert f"ray[tune,default]=={ray.__version__}" in setup  # the tested Ray, never a nightly wheel
-    assert "-e ~/rbp[tune]" in setup and "nightly" not in setup and "ray-wheels" not in setup
+    for node in (head, worker):
+        image = node["node_config"]["ImageId"]
+        # Never Ray's `latest_dlami` (Ubuntu 18.04 / CUDA 11.2 in Ray 2.60): an image ID or AWS's SSM name.
+        assert image.startswith("ami-") or re.fullmatch(r"resolve:ssm:/aws/service/.*ubuntu-2[24]\.04.*", image)
+        assert node["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
+    assert "describe-images" in (REPO / "cluster.yaml").read_text()  # how to pin the current ID
+    # The data comes to every node (setup_commands run on the head and on every worker).
+    assert any("aws s3 sync" in c for c in prepared["setup_commands"])
+
+
+def test_onprem_file_keeps_every_listed_machine_and_names_each_nodes_address():
+    prepared = validated(cluster_config("cluster-onprem.yaml"))
+    provider = prepared["provider"]
+    assert provider["type"] == "local" and provider["head_ip"] not in provider["worker_ips"]
+    raw = cluster_config("cluster-onprem.yaml")
+    assert raw["min_workers"] == raw["max_workers"] == len(provider["worker_ips"])
     starts = prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
-    assert all("RAY_AUTH_MODE=" in c for c in starts if "ray start" in c)
-
-
-def test_the_commented_on_premise_variant_validates_too():
-    config = cluster_config()
-    config["provider"] = {"type": "local", "head_ip": "10.0.0.10", "worker_ips": ["10.0.0.11", "10.0.0.12"]}
-    config["auth"] = {"ssh_user": "ubuntu", "ssh_private_key": "~/.ssh/id_rsa"}
-    del config["available_node_types"], config["head_node_type"]
-    validated(config)
-    assert "type: local" in (REPO / "cluster.yaml").read_text() and "type: gcp" in (REPO / "cluster.yaml").read_text()
+    assert all("--node-ip-address=" in c for c in starts if "ray start" in c)  # no default route needed
+    head = " ".join(prepared["head_start_ray_commands"])
+    assert "--num-cpus=0" in head and f"--host {provider['head_ip']}" in head
 
 
 def free_port() -> int:
