@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -63,8 +64,11 @@ def hosts():
         pytest.skip(f"multi-host cluster test: {reason}")
     nshosts.remove_stale()
     root = Path(tempfile.mkdtemp(prefix="rbpc-", dir="/tmp"))  # short: Ray's socket paths must fit
-    with nshosts.Hosts(root) as made:
-        yield made
+    try:
+        with nshosts.Hosts(root) as made:
+            yield made
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def user_env(hosts: nshosts.Hosts) -> dict[str, str]:
