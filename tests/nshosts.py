@@ -219,14 +219,19 @@ class Hosts:
             f"root@{host.address}",
         ]
 
-    def _wait_for_ssh(self, host: Host, timeout: float = 30.0) -> None:
+    def _wait_for_ssh(self, host: Host, timeout: float = 300.0) -> None:
+        """Until root can log into ``host`` from the head (generous: the machine may be busy)."""
         deadline = time.monotonic() + timeout
         while True:
-            done = self.run_on(self.hosts[0], [*self.ssh(host), "hostname"], timeout=15, check=False)
-            if done.returncode == 0 and done.stdout.strip() == host.name:
-                return
+            try:
+                done = self.run_on(self.hosts[0], [*self.ssh(host), "hostname"], timeout=60, check=False)
+                if done.returncode == 0 and done.stdout.strip() == host.name:
+                    return
+                reason = done.stderr
+            except subprocess.TimeoutExpired:
+                reason = "ssh timed out"
             boot = (host.folder / "boot.log").read_text()
-            assert time.monotonic() < deadline, f"no sshd on {host.name}: {done.stderr}\n{boot}"
+            assert time.monotonic() < deadline, f"no sshd on {host.name}: {reason}\n{boot}"
             time.sleep(0.3)
 
     def run_on(

@@ -180,10 +180,14 @@ def test_search_survives_a_lost_host_on_a_cluster_made_by_ray_up(hosts):
     mnt = hosts.shared / "rbp"  # /mnt/rbp on every host
 
     # 1. ray up: the head, both workers (installed and started by the head's autoscaler), MLflow.
-    ray_cli(hosts, ["up", "-y", "--no-config-cache", str(config)], timeout=300)
+    ray_cli(hosts, ["up", "-y", "--no-config-cache", str(config)], timeout=900)
+    deadline = time.monotonic() + 300  # the head's autoscaler sets the workers up after `ray up` returns
+    while not all(any("raylet" in p for p in hosts.processes(w)) for w in (worker1, worker2)):
+        assert time.monotonic() < deadline, [hosts.processes(w) for w in (worker1, worker2)]
+        time.sleep(1)
     status = ""
-    for _ in range(120):
-        status = ray_cli(hosts, ["status", "--address", f"{head.address}:6379"], timeout=60)
+    for _ in range(60):  # a started raylet registers with the head within seconds
+        status = ray_cli(hosts, ["status", "--address", f"{head.address}:6379"], timeout=120)
         if status.split("Pending:")[0].count(" node_") == 3:
             break
         time.sleep(1)
@@ -193,7 +197,7 @@ def test_search_survives_a_lost_host_on_a_cluster_made_by_ray_up(hosts):
     # 2. rbp ablate on the cluster: one cell per worker, rows on the shared folder.
     abl_log = hosts.root / "ablate.log"
     ablation_spec(hosts.shared)
-    wait(submit(hosts, ["rbp", "ablate", "/mnt/rbp/ablation.yaml", "--address", "auto"], abl_log), abl_log, 300)
+    wait(submit(hosts, ["rbp", "ablate", "/mnt/rbp/ablation.yaml", "--address", "auto"], abl_log), abl_log, 900)
     rows = read_results(mnt / "ablation" / "rows")
     assert sorted(rows["cell"]) == ["10%", "30%"] and set(rows["status"]) == {"finished"}, rows
 
@@ -203,8 +207,8 @@ def test_search_survives_a_lost_host_on_a_cluster_made_by_ray_up(hosts):
     job = submit(hosts, ["rbp", "tune", "/mnt/rbp/tune.yaml", "--address", "auto", "--storage", "/mnt/rbp/ray",
                          "--results", "/mnt/rbp/results", "--tracking-uri", f"http://{head.address}:5000",
                          "--report-every", "10"], tune_log)  # fmt: skip
-    cut_off = kill_when_mid_trial(hosts, worker2, mnt / "ray", job, timeout=300)
-    out = wait(job, tune_log, timeout=400)
+    cut_off = kill_when_mid_trial(hosts, worker2, mnt / "ray", job, timeout=900)
+    out = wait(job, tune_log, timeout=1500)
     assert re.search(rf"search hosts-\S+: {TRIALS} trials \({TRIALS} finished\)", out), out[-3000:]
 
     # Every trial once in Parquet and in MLflow, none left RUNNING.
@@ -234,6 +238,6 @@ def test_search_survives_a_lost_host_on_a_cluster_made_by_ray_up(hosts):
     assert resumed >= 1 and len(cut_off) >= 1, (cut_off, results)
 
     # 4. ray down stops Ray on the head (the killed host is gone; the fixture stops the rest by PID).
-    ray_cli(hosts, ["down", "-y", str(config)], timeout=180)
+    ray_cli(hosts, ["down", "-y", str(config)], timeout=600)
     assert not [p for p in hosts.processes(head) if "gcs_server" in p or "raylet" in p]
     print(f"\ncluster up in {booted:.0f} s; whole test {time.monotonic() - started:.0f} s", file=sys.stderr)
