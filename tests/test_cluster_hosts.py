@@ -11,7 +11,11 @@ Root only (namespaces); the hosts and every process on them are stopped by PID e
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -69,6 +73,16 @@ def hosts():
             yield made
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        control = ssh_control_dir(f"{nshosts.PREFIX}{os.getpid()}")  # the cluster name is the hosts' tag
+        shutil.rmtree(control, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            control.parent.rmdir()  # only when no other cluster uses it
+
+
+def ssh_control_dir(cluster_name: str) -> Path:
+    """Where Ray's launcher keeps its SSH control sockets for ``cluster_name`` (ray 2.60's command_runner)."""
+    user = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
+    return Path(f"/tmp/ray_ssh_{user}") / hashlib.sha256(cluster_name.encode()).hexdigest()[:10]
 
 
 def user_env(hosts: nshosts.Hosts) -> dict[str, str]:
