@@ -14,6 +14,7 @@ from torch import nn
 from rbp.checkpoint import load_model, save_checkpoint
 from rbp.cli import main
 from rbp.config import load_config
+from rbp.data import to_unit_float
 from rbp.errors import RbpError
 from rbp.evaluate import accuracy, autoattack_accuracy
 from rbp.models import build_model, list_models
@@ -236,7 +237,7 @@ def test_trainer_step_applies_the_adaptive_scale(tmp_path):
                              f"run.out_dir={tmp_path}"])  # fmt: skip
     trainer = Trainer(cfg)
     before = {name: layer.weight.detach().clone() for name, layer in adder_layers(trainer.model).items()}
-    x, y = trainer.splits.train.x[:16].float() / 255, trainer.splits.train.y[:16]
+    x, y = to_unit_float(trainer.splits.train.x[:16]), trainer.splits.train.y[:16]
     trainer.step(x, y)
     for name, layer in adder_layers(trainer.model).items():  # SGD: |Δw| = lr · eta · √k for every adder layer
         step = (layer.weight.detach() - before[name]).norm().item()
