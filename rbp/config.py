@@ -102,7 +102,7 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     arch: str = "convnet"
-    mode: Literal["subnet", "binary", "dense"] = "subnet"
+    mode: Literal["subnet", "binary", "dense", "adder"] = "subnet"
     width: int | None = Field(None, gt=0, description="base width; None is the architecture's default")
     last_bn: Literal["none", "nonaffine", "lipschitz"] = Field("nonaffine", description="BN over the logits")
     activation: Literal["relu", "centered_softplus"] = "relu"
@@ -121,7 +121,7 @@ class ModelConfig(_Section):
 
 
 class InitConfig(_Section):
-    scheme: InitScheme | None = Field(None, description="None: binary for subnet/binary, kaiming_normal for dense")
+    scheme: InitScheme | None = Field(None, description="None: binary for subnet/binary, else kaiming_normal")
     alpha: float = Field(1.0, gt=0, description="multiplier of the 'scaled' scheme")
     score_scale: float = Field(0.01, gt=0, description="scores start as U(-a, a)")
     score_fan_in: bool = Field(False, description="divide the score scale by sqrt(fan_in)")
@@ -178,6 +178,7 @@ class TrainConfig(_Section):
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="autocast dtype of training steps (fp16: scaled)")
     channels_last: bool = Field(False, description="channels-last memory format for model and images")
+    adder_eta: float = Field(0.1, gt=0.0, description="AdderNet's adaptive lr: adder weight grads scaled to eta·√k")
     curvature_penalty: float = Field(0.0, ge=0.0, description="weight of sum(b) + sum(|log gamma|) (LCNN: 0.01)")
     grad_norm_penalty: float = Field(0.0, ge=0.0, description="weight of the mean ||dCE/dx||^2 penalty")
     compile: bool = Field(False, description="torch.compile the model for training steps (masks stay eager)")
@@ -256,13 +257,16 @@ class Config(_Section):
             attack["step_size"] = 1.25 * attack["eps"] if self.train.method == "fgsm" else step * scale
         if self.train.attack_bn is None:
             self.train.__dict__["attack_bn"] = "eval" if self.train.method == "trades" else "train"
+        real = self.model.mode in ("dense", "adder")  # full-precision weights
         if self.init.scheme is None:
-            self.init.__dict__["scheme"] = "kaiming_normal" if self.model.mode == "dense" else "binary"
+            self.init.__dict__["scheme"] = "kaiming_normal" if real else "binary"
         mode, scheme = self.model.mode, self.init.scheme
-        if mode != "dense" and scheme == "kaiming_normal":
-            raise ValueError("init.scheme kaiming_normal is for dense models; binary/subnet weights are ±s")
-        if mode == "dense" and scheme != "kaiming_normal":
-            raise ValueError(f"init.scheme {scheme} is not for dense models; dense models use kaiming_normal")
+        if not real and scheme == "kaiming_normal":
+            raise ValueError("init.scheme kaiming_normal is for dense/adder models; binary/subnet weights are ±s")
+        if real and scheme != "kaiming_normal":
+            raise ValueError(f"init.scheme {scheme} is not for {mode} models; they use kaiming_normal")
+        if mode == "adder" and self.model.last_bn == "none":
+            raise ValueError("model.last_bn none: adder logits are -L1 distances and need a batch norm (AdderNet)")
         if scheme == "pretrained" and (mode != "subnet" or self.init.pretrained is None):
             raise ValueError("init.scheme pretrained (HYDRA-style) needs model.mode=subnet and init.pretrained=CKPT")
         if self.sparsity.allocation == "explicit" and mode == "subnet":

@@ -1,4 +1,8 @@
-"""Clean, PGD (with restarts) and AutoAttack accuracy of a model, always in eval mode."""
+"""Clean, PGD (with restarts) and AutoAttack accuracy of a model, always in eval mode.
+
+Every evaluation runs inside :func:`rbp.nn.exact_gradients`: adder layers give the attacks the
+exact autograd gradient of their forward, not the clipped surrogate they train with.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 from torch import nn
 
 from rbp.attacks import Norm, bn_mode, pgd
+from rbp.nn import exact_gradients
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +73,7 @@ def accuracy(
     """
     clean = robust = None
     total = 0
-    with bn_mode(model, train=False):
+    with bn_mode(model, train=False), exact_gradients(model):
         for x, y in batches:
             c = _correct(model, x, y).sum()
             clean = c if clean is None else clean + c
@@ -128,7 +133,7 @@ def autoattack_accuracy(
     previous_level, aa_logger.propagate = aa_logger.level, False
     aa_logger.setLevel(logging.DEBUG)
     try:
-        with bn_mode(model, train=False):
+        with bn_mode(model, train=False), exact_gradients(model):
             attack = AutoAttack(model, norm=AUTOATTACK_NORMS[norm], eps=eps, version=version, device=device, seed=seed)
             with torch.no_grad():
                 num_classes = model(x[:1].to(device)).shape[1]

@@ -24,7 +24,7 @@ from rbp.data import Batches, Split, Splits, load_splits
 from rbp.errors import RbpError
 from rbp.evaluate import accuracy
 from rbp.models import first_non_finite, kept_parameters
-from rbp.nn import clip_binary_weights
+from rbp.nn import clip_binary_weights, scale_adder_gradients
 from rbp.nn.lcnn import curvature_penalty
 from rbp.step_graph import CapturedStep
 
@@ -164,6 +164,9 @@ class Trainer:
             loss, logits = self._loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.cfg.model.mode == "adder":  # AdderNet's adaptive per-layer lr, on the unscaled gradients
+            self.scaler.unscale_(self.optimizer)
+            scale_adder_gradients(self.model, self.cfg.train.adder_eta)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         clip_binary_weights(self.model)

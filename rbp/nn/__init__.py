@@ -1,5 +1,13 @@
 """Layers, initialisation and sparsity allocation of robust binary subnetworks."""
 
+from rbp.nn.adder import (
+    AdderConv2d,
+    AdderLinear,
+    AdderMixin,
+    adder_layers,
+    exact_gradients,
+    scale_adder_gradients,
+)
 from rbp.nn.factory import LayerFactory, Mode
 from rbp.nn.init import SIGNED_SCALES, initialize, layer_generator
 from rbp.nn.layers import (
@@ -21,6 +29,9 @@ from rbp.nn.layers import (
 from rbp.nn.sparsity import RULES, allocate
 
 __all__ = [
+    "AdderConv2d",
+    "AdderLinear",
+    "AdderMixin",
     "RULES",
     "SIGNED_SCALES",
     "BinaryConv2d",
@@ -32,13 +43,16 @@ __all__ = [
     "SubnetConv2d",
     "SubnetLinear",
     "SubnetMixin",
+    "adder_layers",
     "allocate",
     "clip_binary_weights",
+    "exact_gradients",
     "forget_masks",
     "group_masks",
     "initialize",
     "layer_generator",
     "set_mask_cache",
+    "scale_adder_gradients",
     "subnet_layers",
     "topk_masks",
     "weight_layers",

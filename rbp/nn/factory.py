@@ -7,13 +7,14 @@ from typing import Literal
 
 from torch import nn
 
+from rbp.nn.adder import AdderConv2d, AdderLinear
 from rbp.nn.layers import BinaryConv2d, BinaryLinear, SubnetConv2d, SubnetLinear
 from rbp.nn.lcnn import CenteredSoftplus, LipschitzBatchNorm1d, LipschitzBatchNorm2d
 
-Mode = Literal["dense", "binary", "subnet"]
+Mode = Literal["dense", "binary", "subnet", "adder"]
 
-_CONV = {"dense": nn.Conv2d, "binary": BinaryConv2d, "subnet": SubnetConv2d}
-_LINEAR = {"dense": nn.Linear, "binary": BinaryLinear, "subnet": SubnetLinear}
+_CONV = {"dense": nn.Conv2d, "binary": BinaryConv2d, "subnet": SubnetConv2d, "adder": AdderConv2d}
+_LINEAR = {"dense": nn.Linear, "binary": BinaryLinear, "subnet": SubnetLinear, "adder": AdderLinear}
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,10 @@ class LayerFactory:
 
     ``subnet``: frozen ±s weights with trained scores; every batch norm is non-affine and no
     layer has a bias, so nothing but scores is trained. ``binary``: learned sign weights.
-    ``dense``: ordinary full-precision layers with affine batch norm. ``norm="lipschitz"`` makes
+    ``dense``: ordinary full-precision layers with affine batch norm. ``adder``: AdderNet layers
+    (outputs ``-Σ|x - w|``, full-precision weights, rbp.nn.adder) with affine batch norm, which
+    every architecture applies to each layer's output (WideResNet's pre-activation blocks at the
+    next block's input, so residual sums add raw outputs). ``norm="lipschitz"`` makes
     every batch norm a non-affine one with a learned gain bound (the LCNN's).
     """
 
@@ -32,7 +36,7 @@ class LayerFactory:
 
     def __post_init__(self) -> None:
         if self.mode not in _CONV:
-            raise ValueError(f"unknown mode {self.mode!r}; choose dense, binary or subnet")
+            raise ValueError(f"unknown mode {self.mode!r}; choose dense, binary, subnet or adder")
         if self.norm not in ("batchnorm", "lipschitz"):
             raise ValueError(f"unknown norm {self.norm!r}; choose batchnorm or lipschitz")
 
