@@ -59,6 +59,9 @@ class CellSpec(_Strict):
     set: dict[str, Any] = Field(default_factory=dict, description="dotted core-config overrides")
     baseline: Literal["small_dense"] | None = None
     pretrained_from: str | None = Field(None, description="HYDRA-style: start from this cell's best.pt")
+    seeds: list[int] | None = Field(
+        None, description="this cell's seeds instead of the spec's (e.g. more for key cells)"
+    )
 
 
 class StudySpec(_Strict):
@@ -119,6 +122,12 @@ class AblationSpec(_Strict):
         for study_name, study in self.studies.items():
             if not study.all_cells():
                 raise ValueError(f"study {study_name!r} has no cells: give cells or a non-empty grid")
+            for cell in study.cells:
+                if cell.seeds is not None and self.seeds[0] not in cell.seeds:
+                    raise ValueError(
+                        f"cell {cell.name!r}: its seeds must include the spec's first seed {self.seeds[0]} "
+                        "(whose model is kept under models/)"
+                    )
         if not self.studies:
             raise ValueError("no studies: give at least one study with cells")
         return self
@@ -252,7 +261,7 @@ def jobs(spec: AblationSpec) -> list[Job]:
     out = []
     for study_name, study in spec.studies.items():
         for cell in study.all_cells():
-            for seed in spec.seeds:
+            for seed in cell.seeds or spec.seeds:
                 out.append(Job(study_name, cell.name, seed, _cell_config(spec, cell, seed, _RESOLVERS, study.set)))
     return out
 

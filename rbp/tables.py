@@ -130,14 +130,16 @@ def _chance(spec: AblationSpec) -> float:
     return 1.0 / data_shape(base_config(spec).data)[0]
 
 
-def _seeds_note(spec: AblationSpec) -> str:
-    return f"mean ± std over {len(spec.seeds)} seeds; bold: best of each column among rows above chance"
+def _seeds_note(spec: AblationSpec, study: str) -> str:
+    counts = sorted({len(cell.seeds or spec.seeds) for cell in spec.studies[study].all_cells()})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} (per cell)"
+    return f"mean ± std over {seeds} seeds; bold: best of each column among rows above chance"
 
 
 def markdown(spec: AblationSpec, study: str, results: pd.DataFrame) -> str:
     """The study as a Markdown table with a caption line and notes for missing results."""
     columns, rows = spec.studies[study].columns, study_rows(spec, study, results)
-    lines = [f"**{study}**: {spec.studies[study].caption} ({_seeds_note(spec)})", ""]
+    lines = [f"**{study}**: {spec.studies[study].caption} ({_seeds_note(spec, study)})", ""]
     lines.append("| cell | " + " | ".join(HEADERS[c] for c in columns) + " |")
     lines.append("|---|" + "---|" * len(columns))
     for row, texts in zip(rows, _cells(rows, columns, ("**", "**"), _chance(spec)), strict=True):
@@ -158,7 +160,9 @@ def latex(spec: AblationSpec, study: str, results: pd.DataFrame) -> str:
     """The study as a booktabs LaTeX table (``\\usepackage{booktabs}``)."""
     columns, rows = spec.studies[study].columns, study_rows(spec, study, results)
     cells = _cells(rows, columns, (r"\textbf{", "}"), _chance(spec))
-    caption = _latex_escape(f"{spec.studies[study].caption or study} ({_seeds_note(spec)})").replace("±", r"$\pm$")
+    caption = _latex_escape(f"{spec.studies[study].caption or study} ({_seeds_note(spec, study)})").replace(
+        "±", r"$\pm$"
+    )
     label = re.sub(r"[^A-Za-z0-9]+", "-", f"{spec.name}-{study}")
     body = [
         r"\begin{table}[t]",

@@ -255,3 +255,12 @@ def test_pareto_figure_from_a_search_front_and_its_trials(tmp_path, caplog):
     assert sorted(p.name for p in written) == ["front.pdf", "front.png"]
     assert all(p.stat().st_size > 1000 for p in written)
     assert "absent" in caplog.text and "run the multi-objective search first" in caplog.text
+
+
+def test_a_cell_can_have_its_own_seeds(tmp_path):
+    studies = {"s": {"cells": [{"name": "key", "seeds": [0, 1, 2]}, {"name": "other", "set": {"sparsity.p": 0.5}}]}}
+    spec = load_spec(_spec(tmp_path, studies))
+    assert sorted((j.cell, j.seed) for j in jobs(spec)) == [("key", 0), ("key", 1), ("key", 2), ("other", 0)]
+    studies["s"]["cells"][0]["seeds"] = [1, 2]  # without the spec's first seed, no model would be kept
+    with pytest.raises(RbpError, match="must include the spec's first seed 0"):
+        load_spec(_spec(tmp_path, studies))
