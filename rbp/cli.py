@@ -59,6 +59,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _check_out(args.out, "--out")  # before the long computation: its result must not be thrown away
     import torch
 
     from rbp.config import from_dict
@@ -68,7 +69,6 @@ def _eval(args: argparse.Namespace) -> int:
     from rbp.run import write_text_atomic
     from rbp.train import resolve_device
 
-    _check_out(args.out, "--out")  # before the long computation: its result must not be thrown away
     device = resolve_device(args.device)
     model, cfg = load_any(args.checkpoint, device)  # a checkpoint or an exported .rbpz
     tree = cfg.to_dict()
