@@ -110,7 +110,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("nan-lr", ["train", "--set", "train.lr=.nan"], ["train.lr", "finite"]),
     ("nan-eps", ["train", "--set", "attack.eps=.nan"], ["attack.eps"]),
     ("negative-eps", ["train", "--set", "attack.eps=-0.1"], ["attack.eps"]),
-    ("huge-model", ["train", "--set", "model.arch=mlp", "--set", "model.width=100000"], ["model.width", "memory"]),
+    ("huge-model", ["train", "--set", "model.arch=mlp", "--set", "model.width=1000000"], ["model.width", "memory"]),
     ("huge-convnet", ["train", "--set", "model.width=1000000"], ["model.width", "memory"]),
     ("typo-key", ["train", "--set", "train.epoch=3"], ["train.epoch", "--print-config"]),
     ("typo-section", ["train", "--set", "trian.epochs=3"], ["trian", "--print-config"]),

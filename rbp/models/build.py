@@ -111,8 +111,9 @@ def _check_fits_memory(cfg: Config, factory: LayerFactory, spec: ArchSpec) -> No
     need, have = count * _TRAIN_BYTES_PER_PARAMETER, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > have:
         raise RbpError(
-            f"model.width: {cfg.model.arch} of width {spec.width} has {count:,} parameters, about {need / 1e9:,.0f} GB "
-            f"to train, more than this machine's {have / 1e9:,.0f} GB of memory; choose a smaller model.width"
+            f"model.width: {cfg.model.arch} of width {spec.width} has {count:,} parameters, about "
+            f"{need / 1e9:,.0f} GB to train, more than this machine's {have / 1e9:,.0f} GB of memory; "
+            "choose a smaller model.width (or input shape)"
         )
 
 
