@@ -67,6 +67,7 @@ def ws(tmp_path_factory) -> Path:
     # --resume of a run whose last.pt is corrupt
     shutil.copytree(ws / "runs", ws / "corrupt_runs")
     (ws / "corrupt_runs" / run.name / "last.pt").write_bytes(b"torn")
+    (ws / "corrupt_runs" / run.name / "summary.json").unlink()  # unfinished: resuming reads last.pt
     # ablation specs
     _spec(ws, "study_unknown_key.yaml", {"name": "s", "studies": {"a": {**GOOD_STUDY, "colour": "red"}}})
     bad_cell = {"cells": [{"name": "a", "set": {"train.epoch": 1}}]}
