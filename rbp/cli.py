@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from rbp.errors import RbpError
 
@@ -258,7 +258,7 @@ def _best(args: argparse.Namespace) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one ``rbp: error:`` line (not usage text), as every other error."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("rbp").strip()  # "" for rbp itself, else e.g. "eval"
         raise RbpError(f"{command + ': ' if command else ''}{message}; see `{self.prog} --help`")
 
