@@ -161,7 +161,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     try:
         spec = AblationSpec.model_validate(tree)
     except ValidationError as error:
-        first = error.errors()[0]
+        first = min(error.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo before what it hides
         where = ".".join(str(p) for p in first["loc"])
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         raise RbpError(f"ablation spec {path}: {where}: {message}") from None

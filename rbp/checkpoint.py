@@ -83,6 +83,8 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config]:
     """The checkpoint's payload and its validated config; :class:`RbpError` if unusable."""
     path = Path(path)
+    if path.is_dir():
+        raise RbpError(f"checkpoint {path} is a folder; give a checkpoint in it, e.g. {path / 'best.pt'}")
     if not path.is_file():
         raise RbpError(f"checkpoint {path}: no such file; give a run's best.pt or last.pt")
     try:

@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from rbp.errors import RbpError
 
@@ -59,12 +59,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _check_out(args.out, "--out")  # before the long computation: its result must not be thrown away
     import torch
 
     from rbp.config import from_dict
     from rbp.data import Batches, Split, load_splits, to_unit_float
     from rbp.evaluate import accuracy, autoattack_accuracy
     from rbp.export import load_any
+    from rbp.run import write_text_atomic
     from rbp.train import resolve_device
 
     device = resolve_device(args.device)
@@ -101,15 +103,26 @@ def _eval(args: argparse.Namespace) -> int:
         )
         if steps:
             result.update(steps=steps, step_size=step_size, restarts=args.restarts)
+    if args.out is not None:  # saved first: nothing after the computation can lose it
+        write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _check_out(path: Path | None, option: str) -> None:
+    """An output file the command will write: not a folder, and its folder exists (one-line errors)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise RbpError(f"{option} {path} is a folder; give a file name, e.g. {path / 'result'}")
+    if not path.parent.is_dir():
+        raise RbpError(f"{option} {path}: no folder {path.parent}; create it first or choose another path")
 
 
 def _export(args: argparse.Namespace) -> int:
     from rbp.export import export_run
 
+    _check_out(args.out, "--out")
     out, _, sizes = export_run(args.source, args.out)
     print(
         f"kept weights {sizes.kept:,} of {sizes.weights:,} ({sizes.kept / sizes.weights:.2%})   "
@@ -230,8 +243,7 @@ def _best(args: argparse.Namespace) -> int:
     from rbp.tuning import tracking
     from rbp.tuning.best import best_runs, best_table, write_config
 
-    if args.top < 1:
-        raise RbpError(f"--top must be at least 1, got {args.top}")
+    _check_out(args.write, "--write")
     uri = tracking.resolve_tracking_uri(args.tracking_uri, args.results)
     tracking.check_tracking_uri(uri, must_exist=True)
     ranked = best_runs(uri, args.experiment, args.metric, args.mode, args.top)
@@ -243,15 +255,24 @@ def _best(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``rbp: error:`` line (not usage text), as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("rbp").strip()  # "" for rbp itself, else e.g. "eval"
+        raise RbpError(f"{command + ': ' if command else ''}{message}; see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rbp", description="Robust binary subnetworks: train, evaluate.")
+    parser = _Parser(prog="rbp", description="Robust binary subnetworks: train, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model (default: subnet conv net on digits, PGD)")
     _add_config_args(train)
-    train.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="start the run again, replacing its folder")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    again.add_argument("--overwrite", action="store_true", help="start the run again, replacing its folder")
     train.add_argument("--print-config", action="store_true", help="print the resolved config (every key) and exit")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
@@ -320,18 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_positive(args: argparse.Namespace) -> None:
-    for name in ("steps", "restarts", "batch_size", "samples"):
+    for name in ("steps", "restarts", "batch_size", "samples", "trials", "num_cpus", "report_every", "top"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise RbpError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if getattr(args, "eps", None) is not None and args.eps < 0:
-        raise RbpError(f"--eps must be >= 0, got {args.eps}")
+    results = getattr(args, "results", None)
+    if results is not None and results.exists() and not results.is_dir():
+        raise RbpError(f"--results {results} is a file, not a folder; give a folder (created if missing)")
+    eps, step = getattr(args, "eps", None), getattr(args, "step_size", None)
+    if eps is not None and not (math.isfinite(eps) and eps >= 0):
+        raise RbpError(f"--eps must be a finite radius >= 0 in pixel units, e.g. 0.1, got {eps}")
+    if step is not None and not (math.isfinite(step) and step > 0):
+        raise RbpError(f"--step-size must be a finite step > 0 in pixel units, e.g. 0.025, got {step}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
         _check_positive(args)
         return args.handler(args)
     except RbpError as error:

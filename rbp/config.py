@@ -90,6 +90,13 @@ class DataConfig(_Section):
     synthetic_classes: int = Field(10, ge=2)
     synthetic_size: int = Field(1024, gt=0)
 
+    @field_validator("synthetic_shape")
+    @classmethod
+    def _positive_shape(cls, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(shape) < 1:
+            raise ValueError("must be [channels, height, width], each at least 1, e.g. [3, 32, 32]")
+        return shape
+
     @model_validator(mode="after")
     def _data_set_defaults(self) -> DataConfig:
         """Concrete defaults that depend on the data set (validate_assignment re-enters: use __dict__)."""
@@ -390,9 +397,14 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The mapping a YAML file holds (an empty file is ``{}``); errors are one line prefixed by ``what``."""
     path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise RbpError(f"{what}: cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise RbpError(
+            f"{what}: {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+            "save it as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
         raise RbpError(f"{what}: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if loaded is not None and not isinstance(loaded, dict):

@@ -405,6 +405,8 @@ def _source_checkpoint(source: Path) -> Path:
         return best
     if not source.is_file():
         raise RbpError(f"export: {source}: no such run folder or checkpoint file")
+    if is_artefact(source):
+        raise RbpError(f"export: {source} is already an exported artefact; `rbp info {source}` describes it")
     return source
 
 
@@ -454,7 +456,11 @@ def _read_members(path: Path) -> dict[str, bytes]:
             infos = zf.infolist()
             names = [info.filename for info in infos]
             if sorted(names) != sorted(MEMBERS):
-                raise _fail(path, f"not an rbp artefact (members {names[:5]}, expected {list(MEMBERS)})")
+                raise _fail(
+                    path,
+                    f"not an rbp artefact (members {names[:5]}, expected {list(MEMBERS)}); "
+                    "a training checkpoint becomes one with `rbp export`",
+                )
             if any(info.file_size > size or info.compress_type != zipfile.ZIP_STORED for info in infos):
                 raise _fail(path, "is corrupt (member sizes or compression do not fit the file)")
             return {name: zf.read(name) for name in MEMBERS}  # read() checks each member's CRC-32

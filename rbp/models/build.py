@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from rbp.errors import RbpError
 from rbp.models.registry import ArchSpec, get_builder
 from rbp.nn import LayerFactory, allocate, group_masks, initialize, subnet_layers, weight_layers
 from rbp.nn.lcnn import LipschitzBatchNorm1d
@@ -64,6 +66,7 @@ def build_model(
     """
     factory = LayerFactory(mode=cfg.model.mode, activation=cfg.model.activation, norm=cfg.model.norm)
     spec = ArchSpec(num_classes, tuple(input_shape), cfg.model.width, cfg.model.stem)
+    _check_fits_memory(cfg, factory, spec)
     last_bn = _last_bn(cfg.model.last_bn, num_classes)
     model = nn.Sequential()
     model.add_module("normalize", Normalize(mean, std))
@@ -92,6 +95,26 @@ def build_model(
         for layer in weight_layers(model).values():
             spectral_norm(layer)
     return model
+
+
+# Bytes per parameter while training at FP32: weight, score, their gradients, optimiser state
+# (activations come on top). Compared with the machine's physical memory before anything is allocated,
+# so a mistyped width is one error line, not an allocator traceback or the kernel's OOM killer.
+_TRAIN_BYTES_PER_PARAMETER = 16
+
+
+def _check_fits_memory(cfg: Config, factory: LayerFactory, spec: ArchSpec) -> None:
+    """Raise :class:`RbpError` naming ``model.width`` if training the model cannot fit in memory."""
+    with torch.device("meta"):  # shapes only: no memory, no weights drawn
+        body = get_builder(cfg.model.arch)(factory, spec)
+    count = sum(t.numel() for t in (*body.parameters(), *body.buffers()))
+    need, have = count * _TRAIN_BYTES_PER_PARAMETER, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > have:
+        raise RbpError(
+            f"model.width: {cfg.model.arch} of width {spec.width} has {count:,} parameters, about "
+            f"{need / 1e9:,.0f} GB to train, more than this machine's {have / 1e9:,.0f} GB of memory; "
+            "choose a smaller model.width (or input shape)"
+        )
 
 
 def subnet_layer_names(

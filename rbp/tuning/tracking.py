@@ -54,6 +54,13 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def _is_sqlite(path: Path) -> bool:
+    """An empty file (SQLite creates its schema in it) or one starting with SQLite's magic header."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    return head in (b"", b"SQLite format 3\x00")
+
+
 def check_tracking_uri(uri: str, *, must_exist: bool = False, timeout: float = 5.0) -> None:
     """Fail fast with one line if the tracking store cannot be used.
 
@@ -65,6 +72,8 @@ def check_tracking_uri(uri: str, *, must_exist: bool = False, timeout: float = 5
     if db is not None:
         if must_exist and not db.is_file():
             raise RbpError(f"no MLflow tracking store at {db}: run `rbp tune` first, or pass --tracking-uri")
+        if db.is_file() and not _is_sqlite(db):  # MLflow would fail deep in SQLAlchemy with a traceback
+            raise RbpError(f"tracking store {db} is not an SQLite database; move the file aside or pass --tracking-uri")
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
