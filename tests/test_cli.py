@@ -103,7 +103,7 @@ def _bad(args, capsys):
         ("sparsity.p=-1", "sparsity.p"),
         ("attack.eps=-0.5", "attack.eps"),
         ("model.arch=alexnet", "model.arch"),
-        ("data.name=mnist", "data.name"),
+        ("data.name=imagenet", "data.name"),
     ],
 )
 def test_config_errors_exit_2(override, needle, capsys):
