@@ -142,7 +142,10 @@ class _RunFolder:
 
     def restore(self, trainer: Trainer) -> list[dict[str, Any]]:
         """Load ``last.pt`` into ``trainer``, repair ``best.pt`` / ``metrics.jsonl``; the metrics history."""
-        payload, _ = read_checkpoint(self.last)
+        try:
+            payload, _ = read_checkpoint(self.last)
+        except RbpError as error:
+            raise RbpError(f"{error}; nothing to resume from: start the run again with --overwrite") from None
         state = payload.get("trainer")
         if not isinstance(state, dict) or not isinstance(state.get("history"), list):
             raise RbpError(f"checkpoint {self.last} has no trainer state to resume from; use --overwrite")
@@ -166,8 +169,9 @@ def train_run(
     returns its summary without training again. One process at a time writes a folder.
     """
     run_dir = run_dir_of(cfg)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RbpError(f"run.out_dir: {run_dir} is a file, not a folder; choose another run.out_dir")
+    existing = next(path for path in (run_dir, *run_dir.parents) if path.exists())
+    if not existing.is_dir():
+        raise RbpError(f"run.out_dir: {existing} is a file, not a folder; choose another run.out_dir")
     trainer = Trainer(cfg)  # loads the data first: a data set that fails to load leaves no folder behind
     folder = _RunFolder(run_dir, cfg, asdict(trainer.splits.info))
     with run_lock(run_dir):

@@ -151,15 +151,15 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("config-folder", ["train", "--config", "folder"], ["folder"]),
     ("config-list", ["train", "--config", "list.yaml"], ["list.yaml", "mapping"]),
     ("config-broken", ["train", "--config", "broken.yaml"], ["broken.yaml", "YAML"]),
-    ("out-dir-file", [*TRAIN_TINY, "--set", "run.out_dir=a_file"], ["run.out_dir", "a_file"]),
-    ("out-dir-under-file", [*TRAIN_TINY, "--set", "run.out_dir=a_file/runs"], ["run.out_dir"]),
+    ("out-dir-file", [*TRAIN_TINY, "--set", "run.out_dir=a_file"], ["run.out_dir", "a_file", "is a file"]),
+    ("out-dir-under-file", [*TRAIN_TINY, "--set", "run.out_dir=a_file/runs"], ["run.out_dir", "is a file"]),
     ("existing-run", [*TRAIN_TINY, "--set", f"run.out_dir={R}"], ["--resume", "--overwrite"]),
     (
         "resume-and-overwrite",
         [*TRAIN_TINY, "--set", f"run.out_dir={R}", "--resume", "--overwrite"],
         ["--resume", "--overwrite"],
     ),  # fmt: skip
-    ("resume-corrupt-last", [*TRAIN_TINY, "--set", "run.out_dir=corrupt_runs", "--resume"], ["last.pt"]),
+    ("resume-corrupt-last", [*TRAIN_TINY, "--set", "run.out_dir=corrupt_runs", "--resume"], ["last.pt", "--overwrite"]),
     # --- rbp eval ------------------------------------------------------------------------------
     ("eval-out-folder", ["eval", "run/best.pt", "--attack", "clean", "--out", "folder"], ["--out", "folder"]),
     (
