@@ -132,8 +132,11 @@ def _chance(spec: AblationSpec) -> float:
 
 def _seeds_note(spec: AblationSpec, study: str) -> str:
     counts = sorted({len(cell.seeds or spec.seeds) for cell in spec.studies[study].all_cells()})
+    bold = "bold: best of each column among rows above chance"
+    if counts == [1]:
+        return f"one seed, no std; {bold}"
     seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} (per cell)"
-    return f"mean ± std over {seeds} seeds; bold: best of each column among rows above chance"
+    return f"mean ± std over {seeds} seeds; {bold}"
 
 
 def markdown(spec: AblationSpec, study: str, results: pd.DataFrame) -> str:

@@ -132,6 +132,11 @@ def test_tables_bold_mean_std_and_missing_cells(tmp_path):
     assert "b: 1 of 2 seeds have no result yet" in text
     tex = latex(spec, "s", results)
     assert r"\toprule" in tex and r"\textbf{95.0}" in tex and r"$\pm$" in tex and r"cap\_tion" in tex and "--" in tex
+    assert "mean ± std over 2 seeds" in text
+    one_seed = load_spec(_spec(tmp_path, studies, seeds=(0,)))
+    assert "one seed, no std" in markdown(one_seed, "s", results) and "over 1 seeds" not in markdown(
+        one_seed, "s", results
+    )
     paths = write_tables(spec, results)
     assert all(p.stat().st_size > 0 for p in paths)
 
