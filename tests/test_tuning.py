@@ -24,12 +24,14 @@ from rbp.cli import main
 from rbp.config import Config, load_config
 from rbp.errors import RbpError
 from rbp.results import read_results
-from rbp.tuning.best import config_from_params
+from rbp.tuning.best import check_selection_metric, config_from_params
 from rbp.tuning.configkeys import config_keys, config_value_text, flatten_config, parse_config_value
-from rbp.tuning.report import pareto_front
+from rbp.tuning.progress import progress_table
+from rbp.tuning.report import pareto_rows, short_names
 from rbp.tuning.space import SpaceSampler, make_sampler
 from rbp.tuning.spec import load_spec
-from rbp.tuning.trainable import run_trial, trial_config
+from rbp.tuning.study import open_storage, open_study, pareto_numbers, resolve_storage
+from rbp.tuning.trainable import combine, run_trial, trial_config
 
 TINY = {"model.width": 8, "train.epochs": 2, "attack.steps": 2, "eval.val_pgd_steps": 2, "eval.test_pgd_steps": 2}
 REPO = Path(__file__).resolve().parent.parent
@@ -142,12 +144,6 @@ def test_set_adds_fixed_keys_and_is_validated(tmp_path):
         load_spec(path, ["train.lr=0.2"])  # searched keys cannot be fixed
     with pytest.raises(RbpError, match="bogus"):
         load_spec(path, ["train.bogus=1"])
-
-
-def test_spec_fingerprint_changes_with_the_spec(tmp_path):
-    path = write_spec(tmp_path)
-    assert load_spec(path).fingerprint() == load_spec(path).fingerprint()
-    assert load_spec(path).fingerprint() != load_spec(path, ["seed=3"]).fingerprint()
 
 
 # -- the search space ---------------------------------------------------------------------------
@@ -294,17 +290,79 @@ def test_parse_config_value_is_typed_by_the_field():
         parse_config_value("train.nesterov", "maybe")
 
 
-def test_pareto_front_keeps_the_non_dominated_finished_trials():
-    rows = pd.DataFrame(
-        {
-            "trial_id": list("abcde"),
-            "status": ["finished"] * 4 + ["diverged"],
-            "final_val_pgd_acc": [0.9, 0.8, 0.7, 0.85, 0.99],
-            "kept_params": [1000, 500, 600, 1200, 10],
-        }
-    )
-    front = pareto_front(rows, ["val_pgd_acc", "kept_params"], ["max", "min"])
-    assert sorted(front["trial_id"]) == ["a", "b"]  # c is beaten by b, d by a; e diverged
+def test_pareto_rows_follow_optunas_front_and_drop_duplicate_configs():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    values = {"a": (0.9, 1000), "b": (0.8, 500), "c": (0.7, 600), "d": (0.85, 1200), "e": (0.8, 500)}
+    for name, objectives in values.items():
+        trial = study.ask()
+        trial.suggest_categorical("x", [name])
+        study.tell(trial, objectives)
+    sampled = {"a": "{1}", "b": "{2}", "c": "{3}", "d": "{4}", "e": "{2}"}  # e repeats b's config
+    rows = pd.DataFrame({"trial_id": list("abcde"), "study_trial": range(5), "sampled": list(sampled.values()),
+                         "final_val_pgd_acc": [v[0] for v in values.values()],
+                         "kept_params": [v[1] for v in values.values()]})  # fmt: skip
+    front = pareto_rows(rows, pareto_numbers(study), ["val_pgd_acc", "kept_params"])
+    assert list(front["trial_id"]) == ["b", "a"]  # c is beaten by b, d by a; e is b again
+
+
+def test_repeats_are_combined_as_mean_and_std_with_each_seed_kept():
+    per_seed = [{"epoch": 3, "val_pgd_acc": 0.8, "train_seconds": 2.0, "seed": 0},
+                {"epoch": 3, "val_pgd_acc": 0.9, "train_seconds": 3.0, "seed": 1}]  # fmt: skip
+    combined = combine(per_seed)
+    assert combined["val_pgd_acc"] == pytest.approx(0.85) and combined["val_pgd_acc_std"] == pytest.approx(0.0707, 1e-3)
+    assert combined["epoch"] == 3 and combined["train_seconds"] == 5.0 and combined["repeats"] == 2
+    assert combined["per_seed"] == per_seed and combine(per_seed[:1]) == per_seed[0]
+
+
+def test_trainable_with_repeats_trains_each_seed_and_reports_their_mean(tmp_path):
+    reports = Reports(tmp_path)
+    run_trial({**TINY, "train.epochs": 1, "_repeats": 2, "seed": 5}, reports)
+    (final,) = reports.metrics
+    seeds = final["per_seed"]
+    assert [m["seed"] for m in seeds] == [5, 6] and final["repeats"] == 2
+    assert final["best_val_pgd_acc"] == pytest.approx((seeds[0]["best_val_pgd_acc"] + seeds[1]["best_val_pgd_acc"]) / 2)
+    assert {p.name for p in reports.checkpoints[0].folder.iterdir()} == {"seed5", "seed6"}
+
+
+def test_selecting_on_a_test_metric_needs_the_flag(tmp_path, capsys):
+    assert main(["best", "--experiment", "x", "--metric", "test_pgd20_acc", "--results", str(tmp_path)]) == 2
+    assert "--allow-test-selection" in capsys.readouterr().err
+    check_selection_metric("test_pgd20_acc", allow_test=True)  # allowed when asked for
+    check_selection_metric("best_val_pgd_acc", allow_test=False)
+
+
+def test_console_tables_fit_120_columns_with_short_names_and_4_digits():
+    loaded = load_spec(Path(__file__).parents[1] / "tune" / "digits.yaml")
+    searched = list(loaded.spec.space)
+    config = {
+        "_study_trial": 12,
+        "train.lr": 0.123456789,
+        "init.scheme": "signed_kaiming_density",
+        "init.alpha": 1.23456789,
+        "init.score_scale": 0.0123456,
+        "sparsity.allocation": "adaptive",
+        "sparsity.p": 0.123456,
+        "model.last_bn": "nonaffine",
+        "attack.steps": 10,
+        "attack.step_size": 0.0234567,
+    }
+    result = {"val_pgd_acc": 0.868055555555, "epoch": 12}
+    trial = type("T", (), {"status": "RUNNING", "last_result": result, "config": config})  # fmt: skip
+    text = progress_table([trial()] * 3, "val_pgd_acc", "max", searched, short_names(searched), "digits", "/r/ray/x")
+    assert max(len(line) for line in text.splitlines()) <= 120, text
+    assert "signed_kaiming_density" in text and "0.8681" in text and "0.1235" in text and "0.86805" not in text
+    header = text.splitlines()[2].split()
+    assert header[:2] == ["trial", "val_pgd_acc"] and "scheme" in header
+
+
+def test_study_storage_is_sqlite_beside_mlflow_or_a_journal_file(tmp_path):
+    assert resolve_storage(None, tmp_path) == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
+    journal = resolve_storage(str(tmp_path / "study.log"), tmp_path)
+    study = open_study(open_storage(journal), "e", ["max"])
+    study.tell(study.ask(), 0.5)
+    assert [t.value for t in optuna.load_study(study_name="e", storage=open_storage(journal)).trials] == [0.5]
+    with pytest.raises(RbpError, match="optimises maximize"):
+        open_study(open_storage(journal), "e", ["min"])
 
 
 # -- bad input before Ray starts ----------------------------------------------------------------

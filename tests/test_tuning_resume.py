@@ -17,11 +17,13 @@ import time
 import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
 from rbp.results import read_results
 from rbp.tuning import tracking
+from rbp.tuning.study import open_storage, resolve_storage
 
 pytestmark = pytest.mark.slow
 
@@ -134,16 +136,26 @@ def test_killed_driver_then_resume_records_every_trial_once(driver, tmp_path, si
 
     second = driver.start("second", str(spec), "--resume")
     assert second.wait(timeout=300) == 0, driver.log("second")[-3000:]
-    assert "resume-" in driver.log("second") and "3 trials (3 finished)" in driver.log("second")
+    assert "3 trials in the study (3 complete)" in driver.log("second")
 
     rows = rows_of(tmp_path)
     assert len(rows) == 3 and rows["trial_id"].is_unique and set(rows["status"]) == {"finished"}
     assert len(set(rows["search"])) == 1  # one search, continued
     client = tracking.client(tracking.resolve_tracking_uri(None, tmp_path / "results"))
-    runs = tracking.search_all(client, client.get_experiment_by_name("resume").experiment_id)
+    every = tracking.search_all(client, client.get_experiment_by_name("resume").experiment_id)
+    runs = [run for run in every if tracking.TRIAL_TAG in run.data.tags]
+    (parent,) = [run for run in every if tracking.TRIAL_TAG not in run.data.tags]
+    assert {run.data.tags[tracking.PARENT_TAG] for run in runs} == {parent.info.run_id}
     trial_ids = [run.data.tags[tracking.TRIAL_TAG] for run in runs]
     assert sorted(trial_ids) == sorted(rows["trial_id"])  # one run per trial: restarts reused theirs
     assert {run.info.status for run in runs} == {"FINISHED"}
     assert {run.info.run_id for run in runs} == set(rows["mlflow_run_id"])
     for run in runs:  # a restarted trial's metric history reaches its last epoch
         assert max(m.step for m in client.get_metric_history(run.info.run_id, "val_pgd_acc")) == 4
+    # Optuna: every trial once, each told its value (none left RUNNING by the killed driver).
+    storage = open_storage(resolve_storage(None, tmp_path / "results"))
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert sorted(rows["study_trial"]) == [0, 1, 2]
+    by_number = {int(run.data.tags[tracking.STUDY_TRIAL_TAG]): run for run in runs}
+    assert {n: by_number[n].data.metrics["val_pgd_acc"] for n in by_number} == {t.number: t.value for t in study.trials}

@@ -77,7 +77,7 @@ def search(tmp_path_factory):
     experiment = client.get_experiment_by_name("e2e")
     return SimpleNamespace(
         root=root, spec=spec, code=code, out=out, uri=uri, client=client,
-        runs=tracking.search_all(client, experiment.experiment_id),
+        runs=[r for r in tracking.search_all(client, experiment.experiment_id) if tracking.TRIAL_TAG in r.data.tags],
         rows=read_results(root / "results" / "tune" / "e2e" / "rows"),
     )  # fmt: skip
 
@@ -89,8 +89,10 @@ def by_status(rows: pd.DataFrame, status: str) -> pd.Series:
 
 def test_search_completes_and_prints_the_best_trials(search):
     assert search.code == 0, search.out[-3000:]
-    assert "val clean" in search.out and "val PGD" in search.out and "density" in search.out  # Ray's reporter
-    assert "best trials by val_pgd_acc" in search.out and "2 trials (1 diverged, 1 finished)" in search.out
+    assert "trial  val_pgd_acc  ep  st" in search.out and "Result logdir: " in search.out  # our reporter
+    assert str(search.root / "results" / "ray" / "e2e-") in search.out  # not Ray's staging folder in /tmp/ray
+    assert "best trials by val_pgd_acc" in search.out and "2 trials in the study (1 complete, 1 fail)" in search.out
+    assert max(len(line) for line in search.out.splitlines()) <= 120
 
 
 def test_every_trial_is_one_parquet_row_the_nan_one_diverged(search):
@@ -115,14 +117,19 @@ def test_every_trial_is_one_mlflow_run_with_params_metrics_tags_artefacts(search
     assert set(run.data.params) == set(config_keys()) and run.data.params["train.lr"] == "0.05"
     history = search.client.get_metric_history(run.info.run_id, "val_pgd_acc")
     assert sorted(m.step for m in history) == [1, 2]
-    assert {"test_clean_acc", "test_pgd2_acc", "density", "kept_params"} <= set(run.data.metrics)
+    assert {"test_clean_acc", "test_pgd2_acc", "best_val_pgd_acc"} <= set(run.data.metrics)
+    assert not {"density", "kept_params", "total_params", "best_epoch"} & set(run.data.metrics)  # constants: tags
     tags = run.data.tags
+    assert {"density", "kept_params", "total_params", "best_epoch"} <= set(tags)
+    assert run.info.run_name == f"t{done['study_trial']} lr=0.05"
+    (parent,) = [r for r in tracking.search_all(search.client, run.info.experiment_id) if r not in search.runs]
+    assert {r.data.tags[tracking.PARENT_TAG] for r in search.runs} == {parent.info.run_id}
     assert (
         tags[tracking.SPEC_TAG] == str(search.spec)
         and tags[tracking.GIT_TAG]
         and tags[tracking.STATUS_TAG] == "finished"
     )
-    assert {a.path for a in search.client.list_artifacts(run.info.run_id)} == {"config.yaml", "best.pt"}
+    assert {a.path for a in search.client.list_artifacts(run.info.run_id)} == {"config.yaml", "model.rbpz"}
     failed = runs[by_status(search.rows, "diverged")["trial_id"]]
     assert failed.info.status == "FAILED" and failed.data.tags[tracking.STATUS_TAG] == "diverged"
     assert "nan" in failed.data.tags[tracking.REASON_TAG]
@@ -134,7 +141,7 @@ def test_best_lists_finished_runs_and_writes_a_config_rbp_train_accepts(search, 
     assert main(args) == 0
     out = capsys.readouterr().out
     done, bad = by_status(search.rows, "finished"), by_status(search.rows, "diverged")
-    assert done["trial_id"] in out and bad["trial_id"] not in out and "val_pgd_acc" in out
+    assert f"t{done['study_trial']} " in out and f"t{bad['study_trial']} " not in out and "best_val_pgd_acc" in out
     assert "run" not in yaml.safe_load(best.read_text())  # run folder and device are the user's choice
     runs_dir = tmp_path / "runs"
     assert main(["train", "--config", str(best), "--set", f"run.out_dir={runs_dir}", "--quiet"]) == 0
@@ -148,7 +155,7 @@ def test_resume_of_a_finished_search_adds_no_rows_or_runs(search):
     rows = read_results(search.root / "results" / "tune" / "e2e" / "rows")
     experiment = search.client.get_experiment_by_name("e2e")
     runs = tracking.search_all(search.client, experiment.experiment_id)
-    assert sorted(rows["trial_id"]) == sorted(search.rows["trial_id"]) and len(runs) == 2
+    assert sorted(rows["trial_id"]) == sorted(search.rows["trial_id"]) and len(runs) == 3  # 2 trials + parent
     assert {run.info.status for run in runs} == {"FINISHED", "FAILED"}
 
 

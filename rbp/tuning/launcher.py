@@ -1,17 +1,21 @@
-"""``rbp tune``: run a search from a spec on a local or remote Ray cluster, or resume one.
+"""``rbp tune``: run, extend or resume the search of a spec on a local or remote Ray cluster.
+
+A search is the spec experiment's persistent Optuna study (:mod:`rbp.tuning.study`): ``rbp tune
+SPEC`` runs trials until the study holds the spec's budget (``--trials N`` raises it: the search
+is extended, the sampler seeing every earlier trial); ``--resume`` first restores the Ray
+experiment that an interrupted driver left (its trials continue from their checkpoints), then
+runs whatever the budget still asks for. Each run of the driver is one Ray experiment folder
+``<storage>/<experiment>-<YYYYmmdd-HHMMSS>/``; the study remembers the newest. Results: MLflow
+(a parent run per search, a nested run per trial) and ``<results>/tune/<experiment>/rows/``
+(one Parquet row per trial and seed).
 
 Order matters for failing fast: the spec, the tracking store and the cluster address are checked
-before Ray starts, so a typo costs a second, not a cluster start-up. Each search is a folder
-``<storage>/<experiment>-<YYYYmmdd-HHMMSS>/`` (Ray's experiment state, checkpoints, and
-``rbp_search.json``: the spec fingerprint and tracking URI); ``--resume`` continues the newest one
-of the spec's experiment. Results: MLflow (one run per trial) and ``<results>/tune/<experiment>/rows/``
-(one Parquet row per trial).
+before Ray starts, so a typo costs a second, not a cluster start-up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -28,15 +32,12 @@ from rbp.tuning import tracking
 from rbp.tuning.spec import LoadedSpec, load_spec
 
 if TYPE_CHECKING:
-    import pyarrow.fs
+    import optuna
     from ray.tune import ResultGrid
 
     from rbp.tuning.record import TrialRecorder
 
 log = logging.getLogger(__name__)
-
-SEARCH_FILE = "rbp_search.json"
-_METRIC_COLUMNS = {"epoch": "epoch", "val_clean_acc": "val clean", "val_pgd_acc": "val PGD", "density": "density"}
 
 
 @dataclass
@@ -47,6 +48,8 @@ class TuneOptions:
     address: str | None = None
     tracking_uri: str | None = None
     resume: bool = False
+    study_storage: str | None = None  # Optuna storage URL or journal file; default <results>/optuna.db
+    warm_start: str | None = None  # MLflow experiment whose top configs are enqueued first
     results: Path = Path("results")
     storage: str | None = None  # Ray's storage root; default <results>/ray
     num_cpus: int | None = None  # local cluster only
@@ -160,61 +163,14 @@ def start_ray(opts: TuneOptions) -> None:
         raise RbpError(f"cannot start or reach {where}: {first}") from None
 
 
-# ----------------------------------------------------------------------------- search folders
-def _storage(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(storage)
-
-
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
-
-
-def latest_search(storage: str, experiment: str) -> str | None:
-    """Name of the newest search of ``experiment`` under ``storage`` that Ray can restore."""
-    import pyarrow.fs
-    from ray import tune
-
-    fs, root = _storage(storage)
-    try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    except OSError:
-        return None
-    names = sorted(
-        i.base_name
-        for i in infos
-        if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(f"{experiment}-")
-    )
-    for name in reversed(names):
-        if tune.Tuner.can_restore(_join(storage, name)):
-            return name
-    return None
-
-
-def _write_search_file(storage: str, search: str, body: dict[str, Any]) -> None:
-    fs, root = _storage(storage)
-    folder = _join(root, search)
-    fs.create_dir(folder)
-    with fs.open_output_stream(_join(folder, SEARCH_FILE)) as stream:
-        stream.write(json.dumps(body, indent=2).encode())
-
-
-def _read_search_file(storage: str, search: str) -> dict[str, Any]:
-    fs, root = _storage(storage)
-    try:
-        with fs.open_input_stream(_join(_join(root, search), SEARCH_FILE)) as stream:
-            return json.loads(stream.read().decode())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 # ----------------------------------------------------------------------------- the Tuner
-def _tuner(loaded: LoadedSpec, opts: TuneOptions, storage: str, search: str, recorder: TrialRecorder):
+def _tuner(loaded: LoadedSpec, opts: TuneOptions, storage: str, name: str, recorder: TrialRecorder, samples: int,
+           study_storage: optuna.storages.BaseStorage):  # fmt: skip
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from rbp.tuning.progress import SearchReporter
     from rbp.tuning.space import make_searcher
 
     spec = loaded.spec
@@ -229,28 +185,23 @@ def _tuner(loaded: LoadedSpec, opts: TuneOptions, storage: str, search: str, rec
         )
     else:
         scheduler = FIFOScheduler()
-    reporter = tune.CLIReporter(
-        metric_columns=_METRIC_COLUMNS,
-        parameter_columns={key: key.split(".")[-1] for key in spec.space},
-        max_report_frequency=opts.report_every,
-        metric=None if single else spec.metrics[0],  # single objective: taken from TuneConfig
-        mode=None if single else spec.modes[0],
-        sort_by_metric=True,
-    )
     return tune.Tuner(
         _trainable(loaded),
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(make_searcher(loaded), max_concurrent=spec.concurrency),
+            search_alg=ConcurrencyLimiter(make_searcher(loaded, study_storage), max_concurrent=spec.concurrency),
             scheduler=scheduler,
-            num_samples=spec.trials,
+            num_samples=samples,
             metric=spec.metrics[0] if single else None,
             mode=spec.modes[0] if single else None,
+            # One worker process per concurrent trial for the whole search: no Python + torch
+            # start-up between trials (every trial asks for the same resources).
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=search,
+            name=name,
             storage_path=storage,
             callbacks=[recorder],
-            progress_reporter=reporter,
+            progress_reporter=SearchReporter(loaded, _join(storage, name), opts.report_every),
             verbose=1,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
@@ -267,85 +218,167 @@ def _trainable(loaded: LoadedSpec):
     return tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": resources.gpu})
 
 
-# ----------------------------------------------------------------------------- rbp tune
-@dataclass(frozen=True)
-class _Search:
-    """Which search runs: its name, where its trials are tracked and where its rows go."""
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
 
-    name: str
+
+# ----------------------------------------------------------------------------- rbp tune
+@dataclass
+class _Search:
+    """The search being run: its study, where its trials are tracked, where its rows go."""
+
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
     tracking_uri: str
     runs_dir: Path
+    experiment_id: str
+    parent_run_id: str
 
 
-def _choose_search(opts: TuneOptions, loaded: LoadedSpec, storage: str, results: Path) -> _Search:
-    """A new search, or with ``--resume`` the newest one of the experiment (same spec, same store)."""
+def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> _Search:
+    """The spec's study (created on first use) and its MLflow experiment and parent run."""
+    from rbp.tuning import study as studies
+
     spec = loaded.spec
-    runs_dir = results / "tune" / spec.experiment / "rows"  # beside, never inside, the ablations' folders
-    if not opts.resume:
-        name = f"{spec.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return _Search(name, tracking.resolve_tracking_uri(opts.tracking_uri, results), runs_dir)
-    name = latest_search(storage, spec.experiment)
-    if name is None:
-        raise RbpError(f"no search of experiment {spec.experiment!r} to resume under {storage}; run without --resume")
-    saved = _read_search_file(storage, name)
-    if saved.get("fingerprint") not in (None, loaded.fingerprint()):
-        raise RbpError(f"{opts.spec} changed since search {name} started; restore it, or start a new search")
-    uri = saved.get("tracking_uri") or tracking.resolve_tracking_uri(None, results)
+    url = studies.resolve_storage(opts.study_storage, results)
+    storage = studies.open_storage(url)
+    study = studies.open_study(storage, spec.experiment, spec.modes)
+    attrs = study.user_attrs
+    uri = attrs.get(studies.TRACKING_ATTR) or tracking.resolve_tracking_uri(opts.tracking_uri, results)
     if opts.tracking_uri is not None and tracking.resolve_tracking_uri(opts.tracking_uri, results) != uri:
-        raise RbpError(f"search {name} logs to {uri}; resume it with that --tracking-uri (or none)")
-    return _Search(name, uri, Path(saved.get("runs_dir", runs_dir)))
+        raise RbpError(f"search {spec.experiment} logs to {uri}; continue it with that --tracking-uri (or none)")
+    tracking.check_tracking_uri(uri)
+    runs_dir = Path(attrs.get(studies.RUNS_ATTR) or results / "tune" / spec.experiment / "rows")
+    client = tracking.client(uri)
+    experiment_id = tracking.ensure_experiment(client, spec.experiment, uri, spec.description)
+    parent = attrs.get(studies.PARENT_ATTR)
+    if parent is None:
+        parent = tracking.create_parent_run(client, experiment_id, loaded, url)
+        study.set_user_attr(studies.TRACKING_ATTR, uri)
+        study.set_user_attr(studies.RUNS_ATTR, str(runs_dir))
+        study.set_user_attr(studies.PARENT_ATTR, parent)
+    log.info("study %s in %s (optuna-dashboard %s)", spec.experiment, url, url)
+    return _Search(study, storage, uri, runs_dir, experiment_id, parent)
+
+
+def _enqueue(search: _Search, loaded: LoadedSpec, opts: TuneOptions) -> None:
+    """A new study tries the spec's start points first; ``--warm-start`` adds MLflow's top configs."""
+    if not search.study.trials:
+        for point in loaded.spec.start:
+            search.study.enqueue_trial(dict(point), skip_if_exists=True)
+    if opts.warm_start:
+        from rbp.tuning.best import warm_start_points
+
+        points = warm_start_points(search.tracking_uri, opts.warm_start, loaded, loaded.spec.top)
+        for point in points:
+            search.study.enqueue_trial(point, skip_if_exists=True)
+        print(f"warm start: {len(points)} configs of experiment {opts.warm_start} enqueued")
 
 
 def run_tune(opts: TuneOptions) -> int:
-    """Run (or resume) the search of ``opts.spec``; 0 when it completed, 130 when interrupted."""
+    """Run, extend or resume the search of ``opts.spec``; 0 when it holds its budget, 130 when interrupted."""
     loaded = load_spec(opts.spec, opts.overrides, opts.trials)
     spec = loaded.spec
     _set_ray_environment(opts)  # before Ray is imported: it reads RAY_AUTH_MODE once
     _require_stack()
+    from rbp.tuning import study as studies
+
     results = opts.results.resolve()
     storage = opts.storage or str(results / "ray")
     if "://" not in storage:
         storage = str(Path(storage).resolve())
-    search = _choose_search(opts, loaded, storage, results)
-    tracking.check_tracking_uri(search.tracking_uri)
     if opts.address is not None:
         check_address(opts.address)
+    search = _open_search(opts, loaded, results)
+    restore = search.study.user_attrs.get(studies.RAY_ATTR) if opts.resume else None
+    if opts.resume and restore is None:
+        raise RbpError(f"no search of experiment {spec.experiment!r} to resume; run without --resume")
+    if not opts.resume:
+        abandoned = studies.abandon_running(search.study)
+        if abandoned:
+            log.warning("%d trial(s) of an interrupted run marked failed (--resume would have continued them)",
+                        abandoned)  # fmt: skip
+    _enqueue(search, loaded, opts)
+
+    import ray
+
+    started = time.monotonic()
+    tracking.reopen_parent(search.tracking_uri, search.parent_run_id)
+    monitor = _system_metrics(search.tracking_uri, search.parent_run_id)
+    start_ray(opts)
+    try:
+        if restore is not None:
+            code = _run_once(loaded, opts, search, storage, restore, started)
+            if code:
+                return code
+        remaining = spec.trials - len(studies.ended(search.study))
+        if remaining <= 0 and restore is None:
+            print(f"search {spec.experiment} already holds {len(studies.ended(search.study))} trials "
+                  f"(budget {spec.trials}); `--trials N` extends it")  # fmt: skip
+        if remaining > 0:
+            name = f"{spec.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+            search.study.set_user_attr(studies.RAY_ATTR, _join(storage, name))
+            code = _run_once(loaded, opts, search, storage, None, started, name, remaining)
+            if code:
+                return code
+        tracking.close_parent(search.tracking_uri, search.parent_run_id, "FINISHED")
+        _print_summary(loaded, search, time.monotonic() - started)
+        return 0
+    finally:
+        ray.shutdown()
+        if monitor is not None:
+            monitor.finish()
+
+
+def _system_metrics(uri: str, run_id: str):
+    """MLflow's system metrics monitor (CPU, memory, disk, network of this machine) on the parent run.
+
+    MLflow samples them with psutil; without it (not a dependency of mlflow) there are none, and
+    this returns None. The driver's machine is the whole local cluster; on a remote cluster these
+    are the head's numbers.
+    """
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        log.info("no system metrics in MLflow: psutil is not installed (pip install psutil)")
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def _run_once(loaded, opts, search: _Search, storage: str, restore: str | None, started: float,
+              name: str | None = None, samples: int = 0) -> int:  # fmt: skip
+    """One Ray experiment: restore ``restore`` or start ``name`` with ``samples`` trials; 0 or 130."""
+    from ray import tune
 
     from rbp.tuning.record import TrialRecorder
 
+    name = name or restore.rstrip("/").rsplit("/", 1)[-1]  # type: ignore[union-attr]
     recorder = TrialRecorder(
         tracking_uri=search.tracking_uri,
-        experiment=spec.experiment,
-        experiment_id=tracking.ensure_experiment(
-            tracking.client(search.tracking_uri), spec.experiment, search.tracking_uri
-        ),
-        search=search.name,
+        experiment=loaded.spec.experiment,
+        experiment_id=search.experiment_id,
+        search=name,
         spec_path=str(opts.spec),
-        searched=list(spec.space),
+        searched=list(loaded.spec.space),
         runs_dir=search.runs_dir,
+        parent_run_id=search.parent_run_id,
     )
-    import ray
-    from ray import tune
-
-    start_ray(opts)
-    started, path = time.monotonic(), _join(storage, search.name)
-    try:
-        if opts.resume:
-            log.info("resuming search %s", path)
-            tuner = tune.Tuner.restore(path, trainable=_trainable(loaded), resume_unfinished=True)
-        else:
-            body = {"experiment": spec.experiment, "spec": str(opts.spec), "fingerprint": loaded.fingerprint(),
-                    "tracking_uri": search.tracking_uri, "runs_dir": str(search.runs_dir),
-                    "created": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
-            _write_search_file(storage, search.name, body)
-            log.info("search %s: %d trials, %d at a time, MLflow %s", path, spec.trials, spec.concurrency,
-                     search.tracking_uri)  # fmt: skip
-            tuner = _tuner(loaded, opts, storage, search.name, recorder)
-        with _sigint_watch() as interrupted:
-            grid = tuner.fit()
-        return _after_fit(loaded, grid, recorder, interrupted(), path, search.tracking_uri, time.monotonic() - started)
-    finally:
-        ray.shutdown()
+    if restore is not None:
+        if not tune.Tuner.can_restore(restore):
+            raise RbpError(f"Ray cannot restore {restore} (gone or never saved); run without --resume")
+        log.info("resuming %s", restore)
+        tuner = tune.Tuner.restore(restore, trainable=_trainable(loaded), resume_unfinished=True)
+    else:
+        log.info("search %s: %d more trials, %d at a time, MLflow %s", _join(storage, name), samples,
+                 loaded.spec.concurrency, search.tracking_uri)  # fmt: skip
+        tuner = _tuner(loaded, opts, storage, name, recorder, samples, search.storage)
+    with _sigint_watch() as interrupted:
+        grid = tuner.fit()
+    return _after_fit(loaded, grid, recorder, interrupted(), len(grid), time.monotonic() - started)
 
 
 def _after_interrupt(signum: int, frame: Any) -> None:
@@ -376,55 +409,57 @@ def _sigint_watch():
 
 
 def _after_fit(
-    loaded: LoadedSpec,
-    grid: ResultGrid,
-    recorder: TrialRecorder,
-    interrupted: bool,
-    path: str,
-    uri: str,
-    seconds: float,
+    loaded: LoadedSpec, grid: ResultGrid, recorder: TrialRecorder, interrupted: bool, trials: int, seconds: float
 ) -> int:
-    """Close the books of a search: summary and 0 when every trial ended, else KILLED runs and 130.
+    """Close the books of one Ray experiment: 0 when every trial ended, else KILLED runs and 130.
 
     A trial has ended when the recorder wrote its row (Ray finished or errored it). Without an
     interrupt, Ray's own view that every trial ended is trusted to repair missing rows first.
     """
-    spec = loaded.spec
     if not interrupted:
         repaired = recorder.reconcile(grid)
         if repaired:
             log.info("recorded %d trial(s) whose end the callback had missed", repaired)
     ended = len(recorder.ended_trials())
-    if interrupted or ended < spec.trials:
+    if interrupted or ended < trials:
         closed = recorder.close_open_runs("KILLED")
+        tracking.close_parent(recorder.tracking_uri, recorder.parent_run_id, "KILLED")
         print(
-            f"search interrupted after {seconds:.0f} s ({ended} of {spec.trials} trials ended, {closed} MLflow runs "
+            f"search interrupted after {seconds:.0f} s ({ended} of {trials} trials ended, {closed} MLflow runs "
             f"marked KILLED); `rbp tune {recorder.spec_path} --resume` continues it"
         )
         return 130
     recorder.close_open_runs("FAILED")  # none expected: every ended trial was finalized
-    _print_summary(loaded, recorder, path, uri, seconds)
     return 0
 
 
-def _print_summary(loaded: LoadedSpec, recorder: TrialRecorder, path: str, uri: str, seconds: float) -> None:
-    from rbp.tuning.report import best_trials_table, pareto_front, write_pareto
+def _print_summary(loaded: LoadedSpec, search: _Search, seconds: float) -> None:
+    from rbp.tuning import study as studies
+    from rbp.tuning.report import best_trials_table, pareto_rows, write_pareto
 
     spec = loaded.spec
-    rows = read_results(recorder.runs_dir)
-    rows = rows[rows["search"] == recorder.search] if "search" in rows else rows
-    counts = rows["status"].value_counts().to_dict()
-    status = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
-    print(f"\nsearch {recorder.search}: {len(rows)} trials ({status}) in {seconds:.0f} s")
+    rows = read_results(search.runs_dir)
+    trials = studies.ended(search.study)
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(_count(t.state.name for t in trials).items()))
+    print(f"\nsearch {spec.experiment}: {len(trials)} trials in the study ({states}); this run {seconds:.0f} s")
     if rows.empty:
         return
+    searched = list(spec.space)
     print(f"best trials by {spec.metrics[0]} ({spec.modes[0]}):")
-    print(best_trials_table(rows, spec.metrics[0], spec.modes[0], list(spec.space), spec.top))
+    print(best_trials_table(rows, spec.metrics[0], spec.modes[0], searched, spec.top))
     if spec.multi_objective:
-        front = pareto_front(rows, spec.metrics, spec.modes)
-        csv, parquet = write_pareto(front, recorder.runs_dir.parent)
+        front = pareto_rows(rows, studies.pareto_numbers(search.study), spec.metrics)
+        csv, parquet = write_pareto(front, search.runs_dir.parent)
         objectives = " vs ".join(f"{m} ({d})" for m, d in zip(spec.metrics, spec.modes, strict=True))
-        print(f"\nPareto front, {objectives}: {len(front)} trials -> {csv}, {parquet}")
-        print(best_trials_table(front, spec.metrics[0], spec.modes[0], list(spec.space), len(front)))
-    print(f"\nMLflow: {uri} (experiment {spec.experiment})   rows: {recorder.runs_dir}   Ray: {path}")
-    print(f"next: rbp best --experiment {spec.experiment} --metric {spec.metrics[0]} --write best.yaml")
+        print(f"\nPareto front (Optuna's best_trials), {objectives}: {len(front)} configs -> {csv}, {parquet}")
+        print(best_trials_table(front, spec.metrics[0], spec.modes[0], searched, len(front)))
+    print(f"\nMLflow: {search.tracking_uri} (experiment {spec.experiment})   rows: {search.runs_dir}")
+    print(f"next: rbp best --experiment {spec.experiment} --write best.yaml;  rbp tune {loaded.path} "
+          f"--trials {len(trials) + spec.trials} extends the search")  # fmt: skip
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in values:
+        out[value] = out.get(value, 0) + 1
+    return out

@@ -3,9 +3,14 @@
 Ray calls it on the driver for every trial event. A trial's run is created when the trial first
 starts and found again by trial id when Ray restarts it (worker death, ``rbp tune --resume``), so
 restarts never duplicate runs; per-epoch metrics are logged with the epoch as step. When a trial
-ends, :meth:`TrialRecorder.finalize` logs the resolved config and the best checkpoint, writes the
-trial's Parquet row (named by trial id: a second write replaces it) and only then marks the run
-FINISHED (or FAILED for a diverged or errored trial, with the reason as a tag).
+ends, :meth:`TrialRecorder.finalize` logs the resolved config and the kept model as a ``.rbpz``,
+writes the trial's Parquet rows (one per seed, named by trial id: a second write replaces them)
+and only then marks the run FINISHED (or FAILED for a diverged or errored trial, with the reason
+as a tag). Every trial's run is nested under the search's parent run and named by its sampled values.
+
+Ray's ``MLflowLoggerCallback`` does not do this job: it keys runs by trial in driver memory (a
+resumed driver opens a second run per trial), cannot nest them under a parent run, and logs every
+number of a result as a metric (constants such as ``kept_params`` included).
 
 Ray pickles this object with the experiment state, and ``--resume`` gets it back: it holds only
 plain settings, and reconnects to MLflow lazily.
@@ -24,10 +29,12 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from rbp import __version__
+from rbp.errors import RbpError
 from rbp.results import git_commit, read_results, result_row, write_row
 from rbp.tuning import tracking
 from rbp.tuning.configkeys import config_value_text, flatten_config
-from rbp.tuning.trainable import BEST, trial_config
+from rbp.tuning.study import TRIAL_KEY
+from rbp.tuning.trainable import BEST, REPEATS_KEY, repeat_configs, seed_folder, trial_config
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -41,6 +48,10 @@ _RAY_KEYS = frozenset(
     "timestamp training_iteration time_this_iter_s time_total_s pid node_ip time_since_restore "
     "iterations_since_restore done epoch".split()
 )
+# Numbers in a result that do not change from epoch to epoch (or are known only at the end): MLflow
+# tags of the trial's run, not metric charts.
+_CONSTANTS = ("kept_params", "total_params", "density", "best_epoch", "epochs_done", "repeats", "seed")
+_SKIP = _RAY_KEYS | frozenset(_CONSTANTS) | frozenset(f"{k}_std" for k in ("kept_params", "total_params", "density"))
 
 
 class TrialRecorder(Callback):
@@ -56,7 +67,9 @@ class TrialRecorder(Callback):
         spec_path: str,
         searched: list[str],
         runs_dir: Path,
+        parent_run_id: str | None = None,
     ) -> None:
+        self.parent_run_id = parent_run_id
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.experiment_id = experiment_id
@@ -100,10 +113,14 @@ class TrialRecorder(Callback):
             tracking.SAMPLED_TAG: json.dumps(sampled_values(config, self.searched)),
             tracking.RUN_ID_TAG: trial_config(config).run_id(),
             tracking.GIT_TAG: git_commit(),
+            tracking.STUDY_TRIAL_TAG: str(config.get(TRIAL_KEY, "")),
+            "rbp.repeats": str(config.get(REPEATS_KEY) or 1),
             "rbp.version": __version__,
             "mlflow.source.name": "rbp tune",
         }
-        return self.client.create_run(self.experiment_id, tags=tags, run_name=trial_id)
+        if self.parent_run_id:
+            tags[tracking.PARENT_TAG] = self.parent_run_id
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name(config, self.searched))
 
     def _log_params(self, run_id: str, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -130,7 +147,7 @@ class TrialRecorder(Callback):
 
         run_id = self.run_of(trial.trial_id, trial.config)
         step, now = int(result.get("epoch", 0)), int(time.time() * 1000)
-        values = tracking.numeric_metrics(result, _RAY_KEYS)
+        values = tracking.numeric_metrics(result, _SKIP)
         metrics = [Metric(key, value, now, step) for key, value in values.items()]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
@@ -163,30 +180,54 @@ class TrialRecorder(Callback):
             status, reason = "finished", None
         run_id = self.run_of(trial_id, config)
         kept = checkpoint if status in ("finished", "early_stopped") else None
-        artifact_bytes = self._log_artifacts(run_id, cfg, kept)
+        cfgs = repeat_configs(config)
+        sizes = self._log_artifacts(run_id, cfgs, kept)
         self.client.set_tag(run_id, tracking.STATUS_TAG, status)
+        for key in _CONSTANTS:
+            if isinstance(last.get(key), (int, float)) and last[key] == last[key]:
+                self.client.set_tag(run_id, key, f"{last[key]:.6g}")
         if reason:
             self.client.set_tag(run_id, tracking.REASON_TAG, reason[:5000])
         run = self.client.get_run(run_id)
-        row = self._row(trial_id, run, config, cfg, last, status, reason, artifact_bytes)
-        write_row(self.runs_dir, row, name=trial_id)
+        per_seed = last.get("per_seed") or [last]
+        for i, seed_cfg in enumerate(cfgs[: len(per_seed)]):
+            name = trial_id if len(per_seed) == 1 else f"{trial_id}-seed{seed_cfg.seed}"
+            metrics = {**last, **per_seed[i]} if len(per_seed) > 1 else last
+            row = self._row(trial_id, run, config, seed_cfg, metrics, status, reason, sizes.get(seed_cfg.seed))
+            write_row(self.runs_dir, row, name=name)
         self.client.set_terminated(run_id, "FAILED" if status in ("diverged", "failed") else "FINISHED")
         log.info("trial %s %s (MLflow run %s)", trial_id, status, run_id)
 
-    def _log_artifacts(self, run_id: str, cfg: Any, checkpoint: Any) -> int | None:
-        """Log ``config.yaml`` and, when there is a checkpoint, ``best.pt``; returns best.pt's size."""
+    def _log_artifacts(self, run_id: str, cfgs: list[Any], checkpoint: Any) -> dict[int, int]:
+        """Log ``config.yaml`` and each seed's kept model as a ``.rbpz``; returns {seed: .rbpz bytes}.
+
+        A model the ``.rbpz`` format cannot hold (:func:`rbp.export.export_run` refuses it) is not
+        logged as a file: the run's ``rbp.artefact`` tag says why, and the config retrains it.
+        """
+        from rbp.export import export_run
+
+        repeats, sizes = len(cfgs), {}
         with tempfile.TemporaryDirectory(prefix="rbp-artefacts-") as tmp:
             path = Path(tmp) / "config.yaml"
-            path.write_text(cfg.to_yaml())
+            path.write_text(cfgs[0].to_yaml())
             self.client.log_artifact(run_id, str(path))
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as folder:
-            best = Path(folder) / BEST
-            if not best.is_file():
-                return None
-            self.client.log_artifact(run_id, str(best))
-            return best.stat().st_size
+            if checkpoint is None:
+                return sizes
+            with checkpoint.as_directory() as folder:
+                for cfg in cfgs:
+                    best = seed_folder(Path(folder), cfg, repeats) / BEST
+                    if not best.is_file():
+                        continue
+                    out = seed_folder(Path(tmp), cfg, repeats) / "model.rbpz"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        export_run(best, out)
+                    except RbpError as error:
+                        self.client.set_tag(run_id, "rbp.artefact", f"no .rbpz: {error}"[:500])
+                        return sizes
+                    sizes[cfg.seed] = out.stat().st_size
+                    self.client.log_artifact(run_id, str(out), None if repeats == 1 else out.parent.name)
+        return sizes
 
     def _row(self, trial_id, run, config, cfg, last, status, reason, artifact_bytes) -> dict[str, Any]:
         """The trial's results row: :func:`rbp.results.result_row` plus the search's own columns."""
@@ -199,6 +240,8 @@ class TrialRecorder(Callback):
             "experiment": self.experiment,
             "search": self.search,
             "trial_id": trial_id,
+            "study_trial": config.get(TRIAL_KEY),
+            "repeats": int(config.get(REPEATS_KEY) or 1),
             "mlflow_run_id": run.info.run_id,
             "sampled": json.dumps(sampled_values(config, self.searched)),  # the searched keys this trial drew
             "epochs_done": last.get("epochs_done"),
@@ -223,7 +266,7 @@ class TrialRecorder(Callback):
             trial_id = metrics.get("trial_id")
             if not trial_id:
                 continue  # never reported: nothing to record
-            has_row = (self.runs_dir / f"{trial_id}.parquet").is_file()
+            has_row = any(self.runs_dir.glob(f"{trial_id}*.parquet"))
             run = tracking.find_trial_run(self.client, self.experiment_id, trial_id)
             if has_row and run is not None and run.info.status in ("FINISHED", "FAILED"):
                 continue
@@ -249,6 +292,15 @@ class TrialRecorder(Callback):
         for run in runs:
             self.client.set_terminated(run.info.run_id, status)
         return len(runs)
+
+
+def run_name(config: dict[str, Any], searched: list[str], width: int = 200) -> str:
+    """A trial's run name from its sampled values: ``t3 lr=0.1234 scheme=binary ...`` (4 significant digits)."""
+    parts = [f"t{config.get(TRIAL_KEY, '?')}"]
+    for key, value in sampled_values(config, searched).items():
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        parts.append(f"{key.split('.')[-1]}={text}")
+    return " ".join(parts)[:width]
 
 
 def sampled_values(config: dict[str, Any], searched: list[str]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Console tables of a search's trials, and the Pareto front of a multi-objective search.
+"""Console tables of a search's trials and the Pareto front (the live progress: :mod:`rbp.tuning.progress`).
 
-Both read the Parquet rows (one per trial), so they show the same numbers after a resume as
-after an uninterrupted search.
+The final tables read the Parquet rows (one per trial and seed), so they show the same numbers
+after a resume as after an uninterrupted search. Every table is at most about 120 columns: short
+parameter names (the last part of the dotted key), 4 significant digits, the optimised metric first.
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ def row_column(metric: str) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned text table (numbers right-aligned, 4 decimals for fractions)."""
+    """A plain aligned text table: numbers right-aligned, floats to 4 significant digits, ints whole."""
 
     def cell(value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
         if isinstance(value, float):
-            return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
+            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
         if isinstance(value, int) and not isinstance(value, bool):
             return f"{value:,}"
         return str(value)
@@ -56,8 +57,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in text)])
 
 
-def _short(key: str) -> str:
-    return key.split(".")[-1]
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Column names for dotted keys: the last part, or the last two where the last part repeats."""
+    last = [key.split(".")[-1] for key in keys]
+    pairs = zip(keys, last, strict=True)
+    return {key: name if last.count(name) == 1 else ".".join(key.split(".")[-2:]) for key, name in pairs}
 
 
 def _test_pgd_column(rows: pd.DataFrame) -> str | None:
@@ -67,20 +71,25 @@ def _test_pgd_column(rows: pd.DataFrame) -> str | None:
 
 
 def best_trials_table(rows: pd.DataFrame, metric: str, mode: str, searched: list[str], top: int) -> str:
-    """The ``top`` trials of a search by ``metric``, with their searched values and test accuracy."""
+    """The ``top`` trials of a search by ``metric`` (the mean over a trial's seeds), with test accuracy."""
     column, pgd = row_column(metric), _test_pgd_column(rows)
-    ranked = rows.sort_values(column, ascending=mode == "min", na_position="last").head(top)
-    headers = ["trial", "status", "epochs", metric, "val clean", "val PGD (best)", "test clean"]
+    numeric = [c for c in (column, "final_val_clean_acc", "test_clean_acc", pgd, "density") if c and c in rows]
+    per_trial = rows.groupby("trial_id", sort=False).agg(
+        {**{c: "mean" for c in numeric}, **{c: "first" for c in rows.columns if c not in numeric and c != "trial_id"}}
+    )
+    per_trial["n"] = rows.groupby("trial_id", sort=False).size()
+    ranked = per_trial.sort_values(column, ascending=mode == "min", na_position="last").head(top)
+    names = short_names(searched)
+    headers = ["trial", metric, "n", "status", "val clean", "test clean"]
     headers += [pgd.removesuffix("_acc").replace("test_pgd", "test PGD-") if pgd else "test PGD", "density"]
-    headers += [_short(k) for k in searched]
+    headers += [names[k] for k in searched]
     body = [
         [
-            r["trial_id"],
-            r["status"],
-            _int(r.get("epochs_done")),
+            _trial_label(r),
             _num(r.get(column)),
+            int(r["n"]),
+            r["status"],
             _num(r.get("final_val_clean_acc")),
-            _num(r.get("best_val_pgd_acc")),
             _num(r.get("test_clean_acc")),
             _num(r.get(pgd)) if pgd else None,
             _num(r.get("density")),
@@ -89,6 +98,12 @@ def best_trials_table(rows: pd.DataFrame, metric: str, mode: str, searched: list
         for _, r in ranked.iterrows()
     ]
     return format_table(headers, body)
+
+
+def _trial_label(row: pd.Series) -> str:
+    """``t<study trial number>`` (the name MLflow's run starts with), else Ray's trial id."""
+    number = row.get("study_trial")
+    return f"t{int(number)}" if number is not None and not pd.isna(number) else str(row.name)
 
 
 def _drawn(row: pd.Series, key: str) -> Any:
@@ -110,26 +125,16 @@ def _int(value: Any) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
 
-def pareto_front(rows: pd.DataFrame, metrics: list[str], modes: list[str]) -> pd.DataFrame:
-    """Rows no other row dominates (at least as good in every objective, better in one).
+def pareto_rows(rows: pd.DataFrame, numbers: list[int], metrics: list[str]) -> pd.DataFrame:
+    """The rows of the study's Pareto front (``study.best_trials``: ``numbers``), one per distinct config.
 
-    Only trials that trained to the end with every objective known take part.
+    Optuna decides which trials are non-dominated; here only duplicates (the same sampled values
+    reached twice, e.g. by NSGA-II) are dropped, keeping the first, and the front is sorted by the
+    first objective.
     """
-    columns = [row_column(m) for m in metrics]
-    done = rows[rows["status"] == "finished"].dropna(subset=columns)
-    signs = [1.0 if mode == "max" else -1.0 for mode in modes]
-    values = done[columns].to_numpy(dtype=float).tolist()
-    points = [[s * v for s, v in zip(signs, row, strict=True)] for row in values]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        pairs = list(zip(a, b, strict=True))
-        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
-
-    def dominated(i: int) -> bool:
-        return any(dominates(other, points[i]) for j, other in enumerate(points) if j != i)
-
-    keep = [i for i in range(len(points)) if not dominated(i)]
-    return done.iloc[keep].sort_values(columns[0], ascending=modes[0] == "min")
+    front = rows[rows["study_trial"].isin(numbers)].drop_duplicates("trial_id")
+    front = front.drop_duplicates("sampled") if "sampled" in front else front
+    return front.sort_values([row_column(m) for m in metrics], ascending=True)
 
 
 def write_pareto(front: pd.DataFrame, folder: Path) -> tuple[Path, Path]:

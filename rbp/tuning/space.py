@@ -15,6 +15,8 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from rbp.tuning.spec import LoadedSpec, Param, grid_size
+from rbp.tuning.study import TRIAL_KEY
+from rbp.tuning.trainable import REPEATS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class SpaceSampler:
         self.constants = dict(loaded.constants)
         self.resolved = dict(loaded.resolved)
         self.grid = loaded.spec.sampler.type == "grid"
+        self.repeats = loaded.spec.repeats
 
     def active(self, name: str, values: dict[str, Any]) -> bool:
         """Whether ``name`` is sampled given the values drawn or fixed so far."""
@@ -42,6 +45,7 @@ class SpaceSampler:
 
         Every searched key is in every trial config (Ray's console reporter looks each one up);
         ``None`` means "not drawn, use the default" (:func:`rbp.tuning.trainable.trial_config`).
+        The study's trial number and the repeats travel along under ``_``-keys.
         """
         values = dict(self.resolved)
         inactive = {}
@@ -50,7 +54,7 @@ class SpaceSampler:
                 values[name] = self._suggest(trial, name, param)
             else:
                 inactive[name] = None
-        return {**self.constants, **inactive}
+        return {**self.constants, **inactive, TRIAL_KEY: trial.number, REPEATS_KEY: self.repeats}
 
     def _suggest(self, trial: optuna.Trial, name: str, p: Param) -> Any:
         if p.type == "categorical" or self.grid:
@@ -104,8 +108,13 @@ class RbpOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def make_searcher(loaded: LoadedSpec) -> RbpOptunaSearch:
-    """The searcher for ``loaded``: define-by-run space, sampler, metric(s) and mode(s), warm start."""
+def make_searcher(loaded: LoadedSpec, storage: optuna.storages.BaseStorage) -> RbpOptunaSearch:
+    """The searcher for ``loaded``: define-by-run space, sampler, metric(s) and mode(s), in the persistent study.
+
+    The study (named after the experiment) is loaded from ``storage`` if it exists, so the sampler
+    sees every trial it ever ended. Start points are enqueued in the study by the launcher, once,
+    not passed as ``points_to_evaluate`` (Ray would enqueue them again at every extension).
+    """
     spec = loaded.spec
     metric = spec.metrics if spec.multi_objective else spec.metrics[0]
     mode = spec.modes if spec.multi_objective else spec.modes[0]
@@ -114,5 +123,6 @@ def make_searcher(loaded: LoadedSpec) -> RbpOptunaSearch:
         metric=metric,
         mode=mode,
         sampler=make_sampler(loaded),
-        points_to_evaluate=[dict(p) for p in spec.start] or None,
+        study_name=spec.experiment,
+        storage=storage,
     )

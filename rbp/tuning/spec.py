@@ -16,8 +16,6 @@ earlier (or fixed) ``key`` has one of those values. Two conditions are implied a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -132,7 +130,8 @@ class Spec(_Strict):
     mode: Mode | list[Mode] = "max"
     sampler: SamplerSpec = SamplerSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
-    trials: int = Field(8, ge=1, description="trial budget")
+    trials: int = Field(8, ge=1, description="trial budget: trials in the study (a larger one extends a search)")
+    repeats: int = Field(1, ge=1, description="seeds per sampled config; the objective is their mean")
     concurrency: int = Field(1, ge=1, description="trials running at once")
     resources: ResourcesSpec = ResourcesSpec()
     max_failures: int = Field(2, ge=0, description="restarts of a trial whose worker dies (from its checkpoint)")
@@ -175,11 +174,6 @@ class LoadedSpec(BaseModel):
         for key, value in (self.spec.space[name].when or {}).items():
             out[key] = value if isinstance(value, list) else [value]
         return out
-
-    def fingerprint(self) -> str:
-        """Hash of what defines the search (spec + resolved constants), to refuse a changed spec on resume."""
-        body = {"spec": self.spec.model_dump(mode="json", exclude={"base"}), "constants": self.constants}
-        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _error(where: str, message: str) -> RbpError:

@@ -33,6 +33,11 @@ STATUS_TAG = "rbp.status"  # finished | early_stopped | diverged | error
 REASON_TAG = "rbp.failure_reason"
 RUN_ID_TAG = "rbp.run_id"  # the config hash
 GIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag: the UI shows it
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's nesting: a trial's run under its search's run
+NOTE_TAG = "mlflow.note.content"  # MLflow's description (experiment and run pages)
+KIND_TAG = "mlflow.experimentKind"  # MLflow 3 opens the GenAI view unless this says otherwise
+KIND = "custom_model_development"  # the traditional ML view: runs, params, metrics, charts
+STUDY_TRIAL_TAG = "rbp.study_trial"  # the Optuna trial number
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -106,12 +111,21 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(mlflow: MlflowClient, name: str, uri: str) -> str:
-    """Id of experiment ``name``, created (on the driver) if missing.
+def ensure_experiment(mlflow: MlflowClient, name: str, uri: str, description: str = "") -> str:
+    """Id of experiment ``name``, created (on the driver) if missing, with the kind and description tags.
 
     For a SQLite store the artefacts go beside the database (``mlartifacts/``); a tracking server
-    chooses its own artefact store.
+    chooses its own artefact store. The tags are set every time (an experiment created by an older
+    ``rbp tune`` gets them too; a changed spec description replaces the old one).
     """
+    experiment_id = _experiment_id(mlflow, name, uri)
+    mlflow.set_experiment_tag(experiment_id, KIND_TAG, KIND)
+    if description:
+        mlflow.set_experiment_tag(experiment_id, NOTE_TAG, description)
+    return experiment_id
+
+
+def _experiment_id(mlflow: MlflowClient, name: str, uri: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
@@ -179,3 +193,40 @@ def numeric_metrics(result: dict[str, Any], skip: frozenset[str]) -> dict[str, f
         if value == value and abs(value) != float("inf"):
             out[key] = float(value)
     return out
+
+
+def create_parent_run(mlflow: MlflowClient, experiment_id: str, loaded: Any, study_storage: str) -> str:
+    """The search's parent run: the spec's constants as params, the study as tags; returns its id.
+
+    Constants are params here (and on every trial's run); the trial runs nest under this one.
+    """
+    from mlflow.entities import Param
+
+    from rbp.tuning.configkeys import config_value_text
+
+    spec = loaded.spec
+    tags = {
+        SPEC_TAG: str(loaded.path),
+        SEARCHED_TAG: json.dumps(list(spec.space)),
+        NOTE_TAG: spec.description,
+        "rbp.study_storage": study_storage,
+        "rbp.study_name": spec.experiment,
+        "mlflow.source.name": "rbp tune",
+    }
+    run = mlflow.create_run(experiment_id, tags=tags, run_name=f"search {spec.experiment}")
+    settings = {"sampler": spec.sampler.type, "metric": ",".join(spec.metrics), "mode": ",".join(spec.modes),
+                "repeats": spec.repeats, "concurrency": spec.concurrency}  # fmt: skip
+    params = [Param(k, config_value_text(v)) for k, v in {**loaded.constants, **settings}.items()]
+    for start in range(0, len(params), 100):
+        mlflow.log_batch(run.info.run_id, params=params[start : start + 100])
+    return run.info.run_id
+
+
+def reopen_parent(uri: str, run_id: str) -> None:
+    """Mark the search's parent run RUNNING again (an extension or a resume)."""
+    client(uri).update_run(run_id, status="RUNNING")
+
+
+def close_parent(uri: str, run_id: str | None, status: str) -> None:
+    if run_id:
+        client(uri).set_terminated(run_id, status)
