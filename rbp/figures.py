@@ -151,19 +151,28 @@ def masks(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
     return fig
 
 
+# Metrics a search optimises -> their column in its rows (rbp.tuning.report's names, without importing the platform).
+PARETO_COLUMNS = {"val_pgd_acc": "final_val_pgd_acc", "val_clean_acc": "final_val_clean_acc"}
+
+
 def pareto(figure: FigureSpec) -> plt.Figure:
     """Robust accuracy against kept weights of a multi-objective search, front highlighted."""
     if figure.source is None or not Path(figure.source).is_file():
         raise RbpError(f"figure pareto: source {figure.source} is not a CSV file; run the multi-objective search first")
     front = pd.read_csv(figure.source)
+    # The search's metric names its column in the rows (val_pgd_acc -> final_val_pgd_acc); no fallback.
+    metric = figure.metric if figure.metric in front else PARETO_COLUMNS.get(figure.metric, figure.metric)
+    for column in (metric, "kept_params"):
+        if column not in front:
+            raise RbpError(f"figure pareto: {figure.source} has no column {column!r} (metric: {figure.metric})")
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    metric = figure.metric if figure.metric in front else next(c for c in front if c.endswith("acc"))
     # Every trial of the search, where its rows sit beside the front (rbp tune's layout).
     trials = read_results(Path(figure.source).parent / "rows")
     if metric in trials and "kept_params" in trials:
         ax.scatter(trials["kept_params"], 100 * trials[metric], color="lightgray", label="trials")
     front = front.sort_values("kept_params")
-    ax.plot(front["kept_params"], 100 * front[metric], marker="o", label="Pareto front")
+    # A staircase: between two front members, the accuracy reachable with at most that many weights.
+    ax.step(front["kept_params"], 100 * front[metric], where="post", marker="o", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("kept weights")
     ax.set_ylabel(HEADERS.get(metric, metric))

@@ -102,7 +102,7 @@ def test_every_trial_is_one_parquet_row_the_nan_one_diverged(search):
     assert "nan" in bad["reason"] and bad["epochs_done"] == 0
     assert done["config.train.lr"] == 0.05 and done["config.model.width"] == 8 and done["epochs_done"] == 2
     for column in ("test_clean_acc", "test_pgd2_acc", "best_val_pgd_acc", "kept_params", "total_params",
-                   "train_seconds", "wall_seconds", "started_at", "finished_at", "artifact_bytes"):  # fmt: skip
+                   "train_seconds", "wall_seconds", "started_at", "finished_at"):  # fmt: skip
         assert pd.notna(done[column]), column
     assert done["git_commit"] and done["rbp_version"] and done["search"].startswith("e2e-")
     assert done["run_id"] != bad["run_id"] and done["mlflow_run_id"] != bad["mlflow_run_id"]
@@ -129,7 +129,9 @@ def test_every_trial_is_one_mlflow_run_with_params_metrics_tags_artefacts(search
         and tags[tracking.GIT_TAG]
         and tags[tracking.STATUS_TAG] == "finished"
     )
-    assert {a.path for a in search.client.list_artifacts(run.info.run_id)} == {"config.yaml", "model.rbpz"}
+    # A dense model has no .rbpz (seed + masks): its config is the artefact, and a tag says why.
+    assert {a.path for a in search.client.list_artifacts(run.info.run_id)} == {"config.yaml"}
+    assert "export is for subnet models" in tags["rbp.artefact"] and pd.isna(done["artifact_bytes"])
     failed = runs[by_status(search.rows, "diverged")["trial_id"]]
     assert failed.info.status == "FAILED" and failed.data.tags[tracking.STATUS_TAG] == "diverged"
     assert "nan" in failed.data.tags[tracking.REASON_TAG]
