@@ -242,8 +242,10 @@ def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> _Searc
     spec = loaded.spec
     url = studies.resolve_storage(opts.study_storage, results)
     storage = studies.open_storage(url)
-    study = studies.open_study(storage, spec.experiment, spec.modes)
+    study = studies.open_study(storage, spec.experiment, spec.modes, create=not opts.resume)
     attrs = study.user_attrs
+    if opts.resume and studies.RAY_ATTR not in attrs:
+        raise RbpError(f"no search of experiment {spec.experiment!r} to resume; run without --resume")
     uri = attrs.get(studies.TRACKING_ATTR) or tracking.resolve_tracking_uri(opts.tracking_uri, results)
     if opts.tracking_uri is not None and tracking.resolve_tracking_uri(opts.tracking_uri, results) != uri:
         raise RbpError(f"search {spec.experiment} logs to {uri}; continue it with that --tracking-uri (or none)")
@@ -291,14 +293,17 @@ def run_tune(opts: TuneOptions) -> int:
         check_address(opts.address)
     search = _open_search(opts, loaded, results)
     restore = search.study.user_attrs.get(studies.RAY_ATTR) if opts.resume else None
-    if opts.resume and restore is None:
-        raise RbpError(f"no search of experiment {spec.experiment!r} to resume; run without --resume")
     if not opts.resume:
         abandoned = studies.abandon_running(search.study)
         if abandoned:
             log.warning("%d trial(s) of an interrupted run marked failed (--resume would have continued them)",
                         abandoned)  # fmt: skip
     _enqueue(search, loaded, opts)
+    if restore is None and spec.trials <= len(studies.ended(search.study)):
+        print(f"search {spec.experiment} already holds {len(studies.ended(search.study))} trials "
+              f"(budget {spec.trials}); `--trials N` extends it")  # fmt: skip
+        _print_summary(loaded, search, 0.0)
+        return 0
 
     import ray
 
@@ -312,9 +317,6 @@ def run_tune(opts: TuneOptions) -> int:
             if code:
                 return code
         remaining = spec.trials - len(studies.ended(search.study))
-        if remaining <= 0 and restore is None:
-            print(f"search {spec.experiment} already holds {len(studies.ended(search.study))} trials "
-                  f"(budget {spec.trials}); `--trials N` extends it")  # fmt: skip
         if remaining > 0:
             name = f"{spec.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
             search.study.set_user_attr(studies.RAY_ATTR, _join(storage, name))

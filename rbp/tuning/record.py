@@ -50,8 +50,8 @@ _RAY_KEYS = frozenset(
 )
 # Numbers in a result that do not change from epoch to epoch (or are known only at the end): MLflow
 # tags of the trial's run, not metric charts.
-_CONSTANTS = ("kept_params", "total_params", "density", "best_epoch", "epochs_done", "repeats", "seed")
-_SKIP = _RAY_KEYS | frozenset(_CONSTANTS) | frozenset(f"{k}_std" for k in ("kept_params", "total_params", "density"))
+_CONSTANTS = ("kept_params", "total_params", "density", "best_epoch", "epochs_done", "repeats")
+_SKIP = _RAY_KEYS | frozenset(_CONSTANTS) | frozenset(f"{k}_std" for k in _CONSTANTS) | {"seed"}
 
 
 class TrialRecorder(Callback):

@@ -61,9 +61,14 @@ def open_storage(url: str) -> BaseStorage:
         raise RbpError(f"--study-storage {url}: cannot open it ({type(error).__name__})") from None
 
 
-def open_study(storage: BaseStorage, name: str, modes: list[str]) -> optuna.Study:
-    """Study ``name`` in ``storage``, created with one direction per mode if it does not exist."""
+def open_study(storage: BaseStorage, name: str, modes: list[str], create: bool = True) -> optuna.Study:
+    """Study ``name`` in ``storage``, created with one direction per mode if it does not exist (and ``create``)."""
     directions = ["maximize" if mode == "max" else "minimize" for mode in modes]
+    if not create:
+        try:
+            optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            raise RbpError(f"no search of experiment {name!r} to resume; run without --resume") from None
     study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
     if [d.name.lower() for d in study.directions] != directions:
         have = ", ".join(d.name.lower() for d in study.directions)
@@ -83,7 +88,7 @@ def abandon_running(study: optuna.Study) -> int:
     """Mark RUNNING trials (left by an interrupted driver that is not being resumed) FAIL; returns how many."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
     return len(running)
 
 

@@ -114,7 +114,7 @@ def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         if key == "train_seconds":
             out[key] = float(sum(values))
-        elif numeric and key not in ("epoch", "epochs_done"):
+        elif numeric and key not in ("epoch", "epochs_done", "seed"):
             out[key] = statistics.fmean(values)
             out[f"{key}_std"] = statistics.stdev(values)
         else:
