@@ -477,3 +477,15 @@ assert main(["best", "--experiment", "x"]) == 2
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rbp tune needs the tuning extras" in done.stderr and "rbp best needs the tuning extras" in done.stderr
+
+
+def test_pareto_figure_draws_the_searched_metric_and_refuses_a_missing_column(tmp_path):
+    from rbp.ablation import FigureSpec
+    from rbp.figures import pareto
+
+    front = tmp_path / "pareto.csv"
+    pd.DataFrame({"kept_params": [100, 300], "final_val_pgd_acc": [0.5, 0.7]}).to_csv(front, index=False)
+    line = pareto(FigureSpec(kind="pareto", source=front, metric="val_pgd_acc")).axes[0].lines[0]
+    assert list(line.get_ydata()) == [50.0, 70.0] and line.get_drawstyle() == "steps-post"
+    with pytest.raises(RbpError, match="no column 'test_pgd20_acc'"):
+        pareto(FigureSpec(kind="pareto", source=front, metric="test_pgd20_acc"))
