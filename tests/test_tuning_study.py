@@ -10,12 +10,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from test_tuning_search import TINY, tune, write_spec
 
 from rbp.cli import main
 from rbp.results import read_results
 from rbp.tuning import tracking
 from rbp.tuning.study import open_storage, resolve_storage
-from tests.test_tuning_search import TINY, tune, write_spec
 
 pytestmark = pytest.mark.slow
 
