@@ -293,10 +293,8 @@ def test_parse_config_value_is_typed_by_the_field():
 def test_pareto_rows_follow_optunas_front_and_drop_duplicate_configs():
     study = optuna.create_study(directions=["maximize", "minimize"])
     values = {"a": (0.9, 1000), "b": (0.8, 500), "c": (0.7, 600), "d": (0.85, 1200), "e": (0.8, 500)}
-    for name, objectives in values.items():
-        trial = study.ask()
-        trial.suggest_categorical("x", [name])
-        study.tell(trial, objectives)
+    for objectives in values.values():
+        study.tell(study.ask(), objectives)
     sampled = {"a": "{1}", "b": "{2}", "c": "{3}", "d": "{4}", "e": "{2}"}  # e repeats b's config
     rows = pd.DataFrame({"trial_id": list("abcde"), "study_trial": range(5), "sampled": list(sampled.values()),
                          "final_val_pgd_acc": [v[0] for v in values.values()],
