@@ -27,7 +27,7 @@ from rbp.results import read_results
 from rbp.tuning.best import check_selection_metric, config_from_params
 from rbp.tuning.configkeys import config_keys, config_value_text, flatten_config, parse_config_value
 from rbp.tuning.progress import progress_table
-from rbp.tuning.report import pareto_rows, short_names
+from rbp.tuning.report import format_table, pareto_rows, short_names
 from rbp.tuning.space import SpaceSampler, make_sampler
 from rbp.tuning.spec import load_spec
 from rbp.tuning.study import open_storage, open_study, pareto_numbers, resolve_storage
@@ -487,3 +487,13 @@ def test_pareto_figure_draws_the_searched_metric_and_refuses_a_missing_column(tm
     assert list(line.get_ydata()) == [50.0, 70.0] and line.get_drawstyle() == "steps-post"
     with pytest.raises(RbpError, match="no column 'test_pgd20_acc'"):
         pareto(FigureSpec(kind="pareto", source=front, metric="test_pgd20_acc"))
+
+
+def test_format_table_cuts_the_widest_text_column_never_a_number():
+    rows = [["x" * 80, "y" * 60, 0.123456789, 123456]]
+    text = format_table(["a", "b", "value", "count"], rows, max_width=100)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert "0.1235" in lines[2] and "123,456" in lines[2]  # numbers whole
+    assert "…" in lines[2] and lines[2].startswith("x" * 20)
+    assert format_table(["a"], [["short"]]) == "a\n-----\nshort"  # nothing to cut

@@ -34,8 +34,12 @@ def row_column(metric: str) -> str:
     return _ROW_COLUMN[metric]
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned text table: numbers right-aligned, floats to 4 significant digits, ints whole."""
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 120) -> str:
+    """A plain aligned text table: numbers right-aligned, floats to 4 significant digits, ints whole.
+
+    Lines fit ``max_width`` characters where they can: columns are two spaces apart, one when that
+    fits and two do not; beyond that the widest text column is cut with "…" (numbers never are).
+    """
 
     def cell(value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -47,14 +51,30 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return str(value)
 
     text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(headers))]
+    head = list(headers)
+    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(head)]
+    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(head))]
+    gap = 2 if sum(widths) + 2 * (len(widths) - 1) <= max_width else 1
+    while sum(widths) + gap * (len(widths) - 1) > max_width:
+        cuttable = [i for i in range(len(widths)) if not numeric[i] and widths[i] > 4]
+        if not cuttable:
+            break
+        widest = max(cuttable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        fit = widths[widest]
+        head[widest] = _cut(head[widest], fit)
+        for r in text:
+            r[widest] = _cut(r[widest], fit)
 
     def line(values: Sequence[str]) -> str:
         cells = zip(values, widths, numeric, strict=True)
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in cells).rstrip()
+        return (" " * gap).join(v.rjust(w) if n else v.ljust(w) for v, w, n in cells).rstrip()
 
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in text)])
+    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in text)])
+
+
+def _cut(value: str, width: int) -> str:
+    return value if len(value) <= width else value[: width - 1] + "…"
 
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:
