@@ -122,7 +122,10 @@ def test_every_trial_is_one_mlflow_run_with_params_metrics_tags_artefacts(search
     tags = run.data.tags
     assert {"density", "kept_params", "total_params", "best_epoch"} <= set(tags)
     assert run.info.run_name == f"t{done['study_trial']} lr=0.05"
-    (parent,) = [r for r in tracking.search_all(search.client, run.info.experiment_id) if r not in search.runs]
+    trial_ids = {r.info.run_id for r in search.runs}
+    (parent,) = [
+        r for r in tracking.search_all(search.client, run.info.experiment_id) if r.info.run_id not in trial_ids
+    ]
     assert {r.data.tags[tracking.PARENT_TAG] for r in search.runs} == {parent.info.run_id}
     assert (
         tags[tracking.SPEC_TAG] == str(search.spec)

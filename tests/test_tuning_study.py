@@ -47,7 +47,8 @@ def test_a_finished_search_is_extended_with_the_sampler_seeing_its_trials(tmp_pa
     code, out = tune(tmp_path, str(spec), "--trials", "4")
     assert code == 0, out
     assert "4 trials in the study (4 complete)" in out
-    assert not [line for line in out.splitlines() if len(line) > 120], out
+    # Every line fits 120 columns but those naming a path (which can be any length).
+    assert not [line for line in out.splitlines() if len(line) > 120 and "/" not in line], out
 
     # Optuna's own API: one study, every trial once with its value.
     study = optuna.load_study(study_name="extend", storage=open_storage(resolve_storage(None, tmp_path / "results")))

@@ -356,6 +356,7 @@ def _run_once(loaded, opts, search: _Search, storage: str, restore: str | None, 
     """One Ray experiment: restore ``restore`` or start ``name`` with ``samples`` trials; 0 or 130."""
     from ray import tune
 
+    from rbp.tuning import study as studies
     from rbp.tuning.record import TrialRecorder
 
     name = name or restore.rstrip("/").rsplit("/", 1)[-1]  # type: ignore[union-attr]
@@ -373,6 +374,10 @@ def _run_once(loaded, opts, search: _Search, storage: str, restore: str | None, 
         if not tune.Tuner.can_restore(restore):
             raise RbpError(f"Ray cannot restore {restore} (gone or never saved); run without --resume")
         log.info("resuming %s", restore)
+        known = {t.config.get(studies.TRIAL_KEY) for t in tune.ExperimentAnalysis(restore).trials}
+        requeued = studies.requeue_running(search.study, search.storage, known)
+        if requeued:
+            log.info("study trial(s) %s started after Ray last saved its state: asked again", requeued)
         tuner = tune.Tuner.restore(restore, trainable=_trainable(loaded), resume_unfinished=True)
     else:
         log.info("search %s: %d more trials, %d at a time, MLflow %s", _join(storage, name), samples,
@@ -455,9 +460,11 @@ def _print_summary(loaded: LoadedSpec, search: _Search, seconds: float) -> None:
         objectives = " vs ".join(f"{m} ({d})" for m, d in zip(spec.metrics, spec.modes, strict=True))
         print(f"\nPareto front (Optuna's best_trials), {objectives}: {len(front)} configs -> {csv}, {parquet}")
         print(best_trials_table(front, spec.metrics[0], spec.modes[0], searched, len(front)))
-    print(f"\nMLflow: {search.tracking_uri} (experiment {spec.experiment})   rows: {search.runs_dir}")
-    print(f"next: rbp best --experiment {spec.experiment} --write best.yaml;  rbp tune {loaded.path} "
-          f"--trials {len(trials) + spec.trials} extends the search")  # fmt: skip
+    # One path per line: the tables fit 120 columns, a long path gets a line of its own.
+    print(f"\nMLflow (experiment {spec.experiment}): {search.tracking_uri}")
+    print(f"rows: {search.runs_dir}")
+    print(f"best config: rbp best --experiment {spec.experiment} --write best.yaml")
+    print(f"extend: rbp tune {loaded.path} --trials {len(trials) + spec.trials}")
 
 
 def _count(values) -> dict[str, int]:

@@ -97,6 +97,13 @@ class TrialRecorder(Callback):
         if trial_id in self._runs:
             return self._runs[trial_id]
         run = tracking.find_trial_run(self.client, self.experiment_id, trial_id)
+        number = config.get(TRIAL_KEY)
+        if run is None and number is not None and self.parent_run_id:
+            # A driver killed before Ray saved its state: the resumed search runs the same Optuna
+            # trial under a new Ray trial id. One MLflow run per study trial: adopt the old one.
+            run = tracking.find_study_trial_run(self.client, self.experiment_id, self.parent_run_id, number)
+            if run is not None:
+                self.client.set_tag(run.info.run_id, tracking.TRIAL_TAG, trial_id)
         if run is None:
             run = self._create_run(trial_id, config)
         if not run.data.params:  # created by a driver that died before logging them

@@ -98,9 +98,18 @@ class RbpOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tells Optuna a diverged trial FAILED instead of feeding it NaN."""
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if result.get("diverged"):
+        if result.get("diverged") or self._ended_in_study(trial_id):
             return
         super().on_trial_result(trial_id, result)
+
+    def _ended_in_study(self, trial_id: str) -> bool:
+        """The study already holds this trial's end: a driver killed after telling Optuna, before Ray
+        saved its own state, restores the trial as running; its repeated reports must not reach Optuna
+        (``Trial.report`` on a finished trial raises, which Ray's ``OptunaSearch`` does not catch)."""
+        trial = self._ot_trials.get(trial_id)
+        if trial is None:
+            return False
+        return self._ot_study.get_trials(deepcopy=False)[trial.number].state.is_finished()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and result.get("diverged"):

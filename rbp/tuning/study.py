@@ -92,6 +92,23 @@ def abandon_running(study: optuna.Study) -> int:
     return len(running)
 
 
+def requeue_running(study: optuna.Study, storage: BaseStorage, known: set[int]) -> list[int]:
+    """Put RUNNING trials whose number is not in ``known`` back to WAITING; returns their numbers.
+
+    A driver killed between Optuna's ``ask`` and Ray's next save of its experiment state leaves a
+    RUNNING study trial that the restored Ray experiment does not hold. Waiting again, it is the
+    next one ``ask`` hands out, with the same number and parameters (Optuna returns a trial's
+    suggested values instead of sampling again), so the search still holds each trial once.
+    Optuna has no public call for this; ``set_trial_state_values`` is its storage API.
+    """
+    requeued = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.number not in known:
+            storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            requeued.append(trial.number)
+    return requeued
+
+
 def attrs(study: optuna.Study) -> dict[str, Any]:
     return dict(study.user_attrs)
 

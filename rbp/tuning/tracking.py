@@ -166,6 +166,13 @@ def find_trial_run(mlflow: MlflowClient, experiment_id: str, trial_id: str) -> R
     return max(runs, key=lambda run: run.info.start_time or 0) if runs else None
 
 
+def find_study_trial_run(mlflow: MlflowClient, experiment_id: str, parent_run_id: str, number: int) -> Run | None:
+    """The child run of ``parent_run_id`` that holds Optuna trial ``number`` (the newest, if several)."""
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{STUDY_TRIAL_TAG}` = '{number}'"
+    runs = search_all(mlflow, experiment_id, query)
+    return max(runs, key=lambda run: run.info.start_time or 0) if runs else None
+
+
 def _json_tag(run: Run, tag: str, default: Any) -> Any:
     try:
         return json.loads(run.data.tags.get(tag, json.dumps(default)))
