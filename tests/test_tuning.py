@@ -344,13 +344,19 @@ def test_console_tables_fit_120_columns_with_short_names_and_4_digits():
         "attack.steps": 10,
         "attack.step_size": 0.0234567,
     }
-    result = {"val_pgd_acc": 0.868055555555, "epoch": 12}
-    trial = type("T", (), {"status": "RUNNING", "last_result": result, "config": config})  # fmt: skip
-    text = progress_table([trial()] * 3, "val_pgd_acc", "max", searched, short_names(searched), "digits", "/r/ray/x")
+    # Three trials that differ in every searched value but the allocation and the last BN.
+    trials = []
+    for i, scheme in enumerate(["signed_kaiming_density", "binary", "scaled"]):
+        varied = {key: value * (i + 1) if isinstance(value, (int, float)) else value for key, value in config.items()}
+        varied["init.scheme"] = scheme
+        result = {"val_pgd_acc": 0.868055555555 - i / 100, "epoch": 12 - i}
+        trials.append(type("T", (), {"status": "RUNNING", "last_result": result, "config": varied})())
+    text = progress_table(trials, "val_pgd_acc", "max", searched, short_names(searched), "digits", "/r/ray/x")
     assert max(len(line) for line in text.splitlines()) <= 120, text
     assert "signed_kaiming_density" in text and "0.8681" in text and "0.1235" in text and "0.86805" not in text
-    header = text.splitlines()[2].split()
+    (header,) = [line.split() for line in text.splitlines() if line.startswith("trial")]
     assert header[:2] == ["trial", "val_pgd_acc"] and "scheme" in header
+    assert "all rows: " in text and "allocation adaptive" in text  # the constant columns, folded
 
 
 def test_study_storage_is_sqlite_beside_mlflow_or_a_journal_file(tmp_path):

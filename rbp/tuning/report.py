@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,11 @@ def row_column(metric: str) -> str:
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 120) -> str:
     """A plain aligned text table: numbers right-aligned, floats to 4 significant digits, ints whole.
 
-    Lines fit ``max_width`` characters where they can: columns are two spaces apart, one when that
-    fits and two do not; beyond that the widest text column is cut with "…" (numbers never are).
+    Lines fit ``max_width`` characters where they can: columns are two spaces apart; when that is
+    too wide, columns holding one value in every row (of two or more, leaving the first two) move
+    to a line above the table ("all rows: status finished, n 3"), then columns come one space
+    apart, then headers longer than their values are cut (not the first two), then the widest text
+    column longer than 8 characters; a cut ends in "…", and numbers are never cut.
     """
 
     def cell(value: Any) -> str:
@@ -53,10 +57,26 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_widt
     text = [[cell(v) for v in row] for row in rows]
     head = list(headers)
     widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(head)]
+    preface = ""
+    if sum(widths) + 2 * (len(widths) - 1) > max_width and len(text) > 1:
+        constant = [i for i in range(2, len(head)) if len({r[i] for r in text}) == 1]
+        same = ", ".join(f"{head[i]} {text[0][i]}" for i in constant)
+        preface = textwrap.fill(f"all rows: {same}", max_width, subsequent_indent="  ") + "\n" if constant else ""
+        keep = [i for i in range(len(head)) if i not in constant]
+        head, widths = [head[i] for i in keep], [widths[i] for i in keep]
+        rows, text = [[row[i] for i in keep] for row in rows], [[r[i] for i in keep] for r in text]
     numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(head))]
     gap = 2 if sum(widths) + 2 * (len(widths) - 1) <= max_width else 1
+    values = [max((len(r[i]) for r in text), default=0) for i in range(len(head))]
+    while sum(widths) + gap * (len(widths) - 1) > max_width:  # headers longer than their values first
+        cuttable = [i for i in range(2, len(widths)) if widths[i] > max(values[i], 6)]
+        if not cuttable:
+            break
+        widest = max(cuttable)  # the rightmost: searched keys come after the metrics
+        widths[widest] -= 1
+        head[widest] = _cut(head[widest], widths[widest])
     while sum(widths) + gap * (len(widths) - 1) > max_width:
-        cuttable = [i for i in range(len(widths)) if not numeric[i] and widths[i] > 4]
+        cuttable = [i for i in range(len(widths)) if not numeric[i] and widths[i] > 8]
         if not cuttable:
             break
         widest = max(cuttable, key=lambda i: widths[i])
@@ -70,7 +90,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_widt
         cells = zip(values, widths, numeric, strict=True)
         return (" " * gap).join(v.rjust(w) if n else v.ljust(w) for v, w, n in cells).rstrip()
 
-    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in text)])
+    return preface + "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in text)])
 
 
 def _cut(value: str, width: int) -> str:
