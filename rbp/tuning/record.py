@@ -96,12 +96,13 @@ class TrialRecorder(Callback):
         """MLflow run id of ``trial_id``: cached, found by tag, or created with its params."""
         if trial_id in self._runs:
             return self._runs[trial_id]
-        run = tracking.find_trial_run(self.client, self.experiment_id, trial_id)
+        run = tracking.newest_run(self.client, self.experiment_id, {tracking.TRIAL_TAG: trial_id})
         number = config.get(TRIAL_KEY)
         if run is None and number is not None and self.parent_run_id:
             # A driver killed before Ray saved its state: the resumed search runs the same Optuna
             # trial under a new Ray trial id. One MLflow run per study trial: adopt the old one.
-            run = tracking.find_study_trial_run(self.client, self.experiment_id, self.parent_run_id, number)
+            study_trial = {tracking.PARENT_TAG: self.parent_run_id, tracking.STUDY_TRIAL_TAG: str(number)}
+            run = tracking.newest_run(self.client, self.experiment_id, study_trial)
             if run is not None:
                 self.client.set_tag(run.info.run_id, tracking.TRIAL_TAG, trial_id)
         if run is None:
@@ -274,7 +275,7 @@ class TrialRecorder(Callback):
             if not trial_id:
                 continue  # never reported: nothing to record
             has_row = any(self.runs_dir.glob(f"{trial_id}*.parquet"))
-            run = tracking.find_trial_run(self.client, self.experiment_id, trial_id)
+            run = tracking.newest_run(self.client, self.experiment_id, {tracking.TRIAL_TAG: trial_id})
             if has_row and run is not None and run.info.status in ("FINISHED", "FAILED"):
                 continue
             error = None if result.error is None else _first_line(result.error)

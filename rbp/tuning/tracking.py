@@ -160,15 +160,9 @@ def search_all(mlflow: MlflowClient, experiment_id: str, filter_string: str = ""
             return runs
 
 
-def find_trial_run(mlflow: MlflowClient, experiment_id: str, trial_id: str) -> Run | None:
-    """The run of ``trial_id`` (the most recently started one, should a crash have made two)."""
-    runs = search_all(mlflow, experiment_id, f"tags.`{TRIAL_TAG}` = '{trial_id}'")
-    return max(runs, key=lambda run: run.info.start_time or 0) if runs else None
-
-
-def find_study_trial_run(mlflow: MlflowClient, experiment_id: str, parent_run_id: str, number: int) -> Run | None:
-    """The child run of ``parent_run_id`` that holds Optuna trial ``number`` (the newest, if several)."""
-    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{STUDY_TRIAL_TAG}` = '{number}'"
+def newest_run(mlflow: MlflowClient, experiment_id: str, tags: dict[str, str]) -> Run | None:
+    """The most recently started run of the experiment holding every ``tags`` value (a crash can leave two)."""
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
     runs = search_all(mlflow, experiment_id, query)
     return max(runs, key=lambda run: run.info.start_time or 0) if runs else None
 
