@@ -8,12 +8,22 @@ Runs ``rbp tune SPEC`` once in a fresh results folder (a subprocess, so the pack
     ideal_s        train_s / concurrency: the wall time of a platform that costs nothing
     ratio          wall_s / ideal_s (the issue-14 target is <= 1.15)
 
+and where the difference goes, from Ray's per-trial ``result.json`` (``timestamp``: whole seconds,
+``time_total_s``: the trial function's seconds so far), in slot-seconds (wall_s x concurrency):
+
+    start_s        launch -> the first trial's start (imports, study, MLflow, Ray start-up)
+    in_trial_s     sum over trials of (trial seconds - train_seconds): data, checkpoints, test
+                   evaluation, waiting for the driver to take a report
+    between_s      idle slots between one trial's end and the next one's start (driver work, Optuna)
+    tail_s         slots idle while the last trials finish (unequal lengths), then exit
+
 Usage: ``nice -n 19 python bench/search_overhead.py [SPEC] [--set KEY=VALUE ...] [--trials N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -32,7 +42,7 @@ def measure(spec: Path, extra: list[str], keep: Path | None) -> dict[str, float]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tempfile.mkdtemp(prefix="rbpo-", dir="/tmp")}
     cmd = [sys.executable, "-m", "rbp.cli", "tune", str(spec.resolve()), "--results", str(folder / "results"),
            "--auth-mode", "disabled", "--report-every", "60", *extra]  # fmt: skip
-    start = time.monotonic()
+    launched, start = time.time(), time.monotonic()
     done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
     wall = time.monotonic() - start
     if done.returncode != 0:
@@ -41,8 +51,25 @@ def measure(spec: Path, extra: list[str], keep: Path | None) -> dict[str, float]
     rows = pd.read_parquet(folder / "results" / "tune" / experiment / "rows")
     concurrency = yaml.safe_load(spec.read_text()).get("concurrency", 1)
     train = float(rows["train_seconds"].sum())
-    return {"trials": len(rows), "wall_s": wall, "train_s": train, "ideal_s": train / concurrency,
-            "ratio": wall / (train / concurrency)}  # fmt: skip
+    result = {"trials": len(rows), "wall_s": wall, "train_s": train, "ideal_s": train / concurrency,
+              "ratio": wall / (train / concurrency)}  # fmt: skip
+    return result | breakdown(folder / "results" / "ray", launched, launched + wall, concurrency, train)
+
+
+def breakdown(ray_root: Path, launched: float, ended: float, concurrency: int, train: float) -> dict[str, float]:
+    """Slot-seconds of the overhead by phase (see the module docstring), from Ray's result.json files."""
+    spans = []  # (start, end, trial seconds) per trial, in epoch seconds
+    for path in ray_root.glob("*/*/result.json"):
+        last = json.loads(path.read_text().splitlines()[-1])
+        spans.append((last["timestamp"] - last["time_total_s"], last["timestamp"], last["time_total_s"]))
+    spans.sort()
+    start = min(s for s, _, _ in spans) - launched
+    ends = sorted(e for _, e, _ in spans)
+    # The last `concurrency` trials to end: each slot idles from its trial's end until the exit.
+    tail = sum(ended - e for e in ends[-concurrency:])
+    in_trial = sum(t for _, _, t in spans) - train
+    between = (ended - launched) * concurrency - concurrency * start - in_trial - train - tail
+    return {"start_s": start, "in_trial_s": in_trial, "between_s": between, "tail_s": tail}
 
 
 def main() -> None:

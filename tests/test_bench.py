@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 
 def _load(name, monkeypatch):
     bench = Path(__file__).parents[1] / "bench"
@@ -33,3 +35,30 @@ def test_mask_threshold_benchmark_tiny(capsys, monkeypatch):
     )
     assert set(results) == {"kthvalue", "sort", "topk", "one-sort"} and all(v > 0 for v in results.values())
     assert "one-sort" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_search_overhead_breakdown_adds_up(tmp_path, monkeypatch):
+    """The phases of the search benchmark add up to the slot-seconds the trials did not train."""
+    import json
+
+    bench = _load("search_overhead", monkeypatch)
+    launched, ended = 1000.0, 1100.0
+    # Two slots: trials (start, end, train seconds) 1010-1040, 1012-1070, 1045-1090 (gap 5 s after the first).
+    trials = [(1010, 1040, 25.0), (1012, 1070, 50.0), (1045, 1090, 40.0)]
+    for i, (start, end, _) in enumerate(trials):
+        folder = tmp_path / "search-1" / f"trial_{i}"
+        folder.mkdir(parents=True)
+        rows = [
+            {"timestamp": end - 10, "time_total_s": end - 10 - start},
+            {"timestamp": end, "time_total_s": end - start},
+        ]
+        (folder / "result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    train = sum(t for _, _, t in trials)
+    parts = bench.breakdown(tmp_path, launched, ended, 2, train)
+    assert parts["start_s"] == 10.0
+    assert parts["in_trial_s"] == (30 - 25) + (58 - 50) + (45 - 40)
+    assert parts["tail_s"] == (1100 - 1070) + (1100 - 1090)
+    slots = 2 * parts["start_s"] + parts["in_trial_s"] + parts["between_s"] + parts["tail_s"]
+    assert slots == pytest.approx((ended - launched) * 2 - train)
+    # The one gap between trials on a slot (1040 -> 1045) plus the second slot's later start (2 s).
+    assert parts["between_s"] == pytest.approx(5 + 2)
