@@ -57,15 +57,16 @@ def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame)
             capsize=3,
             label="subnet (ours)",
         )
-    for name in figure.baselines:
+    # One colour and dash per reference line (the subnet is C0), so two baselines stay apart.
+    for i, name in enumerate(figure.baselines):
         stat = _cell_stat(spec, results, name, figure.metric)
         if stat is not None:
-            ax.axhline(100 * stat, linestyle="--", color="gray", label=name)
+            ax.axhline(100 * stat, linestyle=("--", ":", "-.")[i % 3], color=f"C{i + 1}", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("kept weights (%)")
     ax.set_ylabel(HEADERS.get(figure.metric, figure.metric))
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower center")
+        ax.legend(loc="best")
     return fig
 
 
@@ -175,7 +176,7 @@ def pareto(figure: FigureSpec) -> plt.Figure:
     ax.step(front["kept_params"], 100 * front[metric], where="post", marker="o", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("kept weights")
-    ax.set_ylabel(HEADERS.get(metric, metric))
+    ax.set_ylabel(HEADERS.get(figure.metric, metric))  # the metric's name, not its rows' column
     ax.legend(loc="lower right")
     return fig
 

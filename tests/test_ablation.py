@@ -155,6 +155,26 @@ def test_figures_with_missing_runs_are_skipped_not_fatal(tmp_path, caplog, monke
     assert all(p.read_bytes() == content for p, content in before.items())
 
 
+def test_density_sweep_draws_each_baseline_apart(tmp_path):
+    """Two reference lines (FP and BNN) differ in colour and dash, and sit at their cells' means."""
+    from rbp.figures import density_sweep
+
+    studies = {
+        "base": {
+            "cells": [{"name": "fp", "set": {"model.mode": "dense"}}, {"name": "bnn", "set": {"model.mode": "binary"}}]
+        },
+        "density": {"grid": {"sparsity.density": [0.1, 0.5]}},
+    }
+    figure = {"kind": "density_sweep", "study": "density", "baselines": ["fp", "bnn"], "name": "sweep"}
+    spec = load_spec(_spec(tmp_path, studies, [figure]))
+    results = _fixture_rows(spec, {(job.cell, 0): (0.9, 0.1 * (i + 1)) for i, job in enumerate(jobs(spec))})
+    fig = density_sweep(spec, spec.figures[0], results)
+    lines = [line for line in fig.axes[0].get_lines() if line.get_label() in ("fp", "bnn")]
+    assert sorted(line.get_label() for line in lines) == ["bnn", "fp"]
+    assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 2
+    assert {line.get_label(): round(line.get_ydata()[0], 6) for line in lines} == {"fp": 10.0, "bnn": 20.0}
+
+
 @pytest.mark.parametrize(
     "studies,needle",
     [
