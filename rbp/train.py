@@ -24,7 +24,7 @@ from rbp.data import Batches, Split, Splits, load_splits
 from rbp.errors import RbpError
 from rbp.evaluate import accuracy
 from rbp.models import first_non_finite, kept_parameters
-from rbp.nn import clip_binary_weights, scale_adder_gradients
+from rbp.nn import clip_binary_weights, compile_model, scale_adder_gradients
 from rbp.nn.lcnn import curvature_penalty
 from rbp.step_graph import CapturedStep
 
@@ -72,7 +72,7 @@ class Trainer:
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The training step calls ``net``: the model itself, or its compiled twin sharing its tensors.
-        self.net: nn.Module = torch.compile(self.model) if cfg.train.compile else self.model
+        self.net: nn.Module = compile_model(self.model) if cfg.train.compile else self.model
         graphed = cfg.train.cuda_graph and self.device.type == "cuda"
         if cfg.train.cuda_graph and not graphed:
             log.info("train.cuda_graph: no CUDA device, running the eager step")

@@ -1,11 +1,14 @@
 """Speed switches (autocast, channels-last, device-resident data) keep what training computes."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from rbp.config import load_config
+from rbp.nn import SubnetMixin
 from rbp.train import Trainer
 
 TINY = ["train.epochs=1", "model.width=8", "attack.steps=3", "eval.val_pgd_steps=2", "run.progress=false"]
@@ -80,11 +83,19 @@ def test_compiled_step_equals_the_eager_step(tmp_path):
     torch.manual_seed(0)
     compiled = _trainer(tmp_path, "train.compile=true")
     assert compiled.net is not compiled.model  # the step really runs the compiled module
+    assert getattr(SubnetMixin.effective_weight, "_rbp_eager", False)  # the mask cache stays eager
     compiled_losses, compiled_params = _steps(compiled, batches)
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
     for a, b in zip(eager_params, compiled_params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert compiled.state_dict()["model"].keys() == _trainer(tmp_path).state_dict()["model"].keys()
+
+
+def test_a_run_without_compile_never_imports_dynamo():
+    """torch._dynamo costs 1.4 s of start-up (every Ray worker of a search): only train.compile may load it."""
+    code = "import sys, rbp.train, rbp.tuning.trainable; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_cuda_graph_switch_on_the_cpu_runs_the_unchanged_eager_step(tmp_path):

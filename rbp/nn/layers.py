@@ -154,9 +154,8 @@ class SubnetMixin:
         # The cached tensor belongs to a graph: copies and pickles start without it.
         return {**self.__dict__, "_cached": None}
 
-    # Eager under torch.compile: the cache's key reads storage pointers and version counters, which
-    # a compiled graph cannot guard on; the convolutions around it still compile.
-    @torch.compiler.disable
+    # Eager under torch.compile (compile_model marks it): the cache's key reads storage pointers and
+    # version counters, which a compiled graph cannot guard on; the convolutions around it still compile.
     def effective_weight(self) -> torch.Tensor:
         """``weight * mask`` (cast to the autocast dtype when autocast is on), cached as described above."""
         key = self._cache_key() if self.cache_mask else None
@@ -173,6 +172,20 @@ class SubnetMixin:
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, density={self.density:.4g}"
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)`` with :meth:`SubnetMixin.effective_weight` kept eager.
+
+    The mark is set here, not by a decorator at import: ``torch.compiler.disable`` imports
+    ``torch._dynamo`` (1.4 s on 2 cores), which every process that never compiles (``rbp train``,
+    each Ray worker of a search) would pay at start-up.
+    """
+    if not getattr(SubnetMixin.effective_weight, "_rbp_eager", False):
+        eager = torch.compiler.disable(SubnetMixin.effective_weight)
+        eager._rbp_eager = True
+        SubnetMixin.effective_weight = eager
+    return torch.compile(model)
 
 
 class SubnetConv2d(SubnetMixin, nn.Conv2d):
