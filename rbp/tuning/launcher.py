@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -225,18 +226,22 @@ def _join(root: str, name: str) -> str:
 # ----------------------------------------------------------------------------- rbp tune
 @dataclass
 class _Search:
-    """The search being run: its study, where its trials are tracked, where its rows go."""
+    """The search being run: its study, where its trials are tracked, where its rows go.
+
+    ``experiment_id`` and ``parent_run_id`` are empty until :func:`_open_tracking` has run.
+    """
 
     study: optuna.Study
     storage: optuna.storages.BaseStorage
+    storage_url: str
     tracking_uri: str
     runs_dir: Path
-    experiment_id: str
-    parent_run_id: str
+    experiment_id: str = ""
+    parent_run_id: str = ""
 
 
 def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> _Search:
-    """The spec's study (created on first use) and its MLflow experiment and parent run."""
+    """The spec's study (created on first use) and where its trials are tracked; no MLflow call yet."""
     from rbp.tuning import study as studies
 
     spec = loaded.spec
@@ -251,16 +256,28 @@ def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> _Searc
         raise RbpError(f"search {spec.experiment} logs to {uri}; continue it with that --tracking-uri (or none)")
     tracking.check_tracking_uri(uri)
     runs_dir = Path(attrs.get(studies.RUNS_ATTR) or results / "tune" / spec.experiment / "rows")
-    client = tracking.client(uri)
-    experiment_id = tracking.ensure_experiment(client, spec.experiment, uri, spec.description)
-    parent = attrs.get(studies.PARENT_ATTR)
-    if parent is None:
-        parent = tracking.create_parent_run(client, experiment_id, loaded, url)
-        study.set_user_attr(studies.TRACKING_ATTR, uri)
-        study.set_user_attr(studies.RUNS_ATTR, str(runs_dir))
-        study.set_user_attr(studies.PARENT_ATTR, parent)
     log.info("study %s in %s (optuna-dashboard %s)", spec.experiment, url, url)
-    return _Search(study, storage, uri, runs_dir, experiment_id, parent)
+    return _Search(study, storage, url, uri, runs_dir)
+
+
+def _open_tracking(search: _Search, loaded: LoadedSpec) -> None:
+    """The search's MLflow experiment and parent run (created on first use), into ``search``.
+
+    Seconds on a new store (MLflow migrates a fresh database), so :func:`run_tune` runs it while
+    Ray starts.
+    """
+    from rbp.tuning import study as studies
+
+    spec = loaded.spec
+    client = tracking.client(search.tracking_uri)
+    search.experiment_id = tracking.ensure_experiment(client, spec.experiment, search.tracking_uri, spec.description)
+    parent = search.study.user_attrs.get(studies.PARENT_ATTR)
+    if parent is None:
+        parent = tracking.create_parent_run(client, search.experiment_id, loaded, search.storage_url)
+        search.study.set_user_attr(studies.TRACKING_ATTR, search.tracking_uri)
+        search.study.set_user_attr(studies.RUNS_ATTR, str(search.runs_dir))
+        search.study.set_user_attr(studies.PARENT_ATTR, parent)
+    search.parent_run_id = parent
 
 
 def _enqueue(search: _Search, loaded: LoadedSpec, opts: TuneOptions) -> None:
@@ -300,6 +317,7 @@ def run_tune(opts: TuneOptions) -> int:
                         abandoned)  # fmt: skip
     _enqueue(search, loaded, opts)
     if restore is None and spec.trials <= len(studies.ended(search.study)):
+        _open_tracking(search, loaded)
         print(f"search {spec.experiment} already holds {len(studies.ended(search.study))} trials "
               f"(budget {spec.trials}); `--trials N` extends it")  # fmt: skip
         _print_summary(loaded, search, 0.0)
@@ -307,11 +325,18 @@ def run_tune(opts: TuneOptions) -> int:
 
     import ray
 
-    started = time.monotonic()
-    tracking.reopen_parent(search.tracking_uri, search.parent_run_id)
-    monitor = _system_metrics(search.tracking_uri, search.parent_run_id)
-    start_ray(opts)
+    started, monitor = time.monotonic(), None
     try:
+        # MLflow's set-up (seconds on a new store) overlaps Ray's start-up (which mostly waits for
+        # its processes); ray.init stays on the main thread, where it installs signal handlers.
+        with ThreadPoolExecutor(1, thread_name_prefix="rbp-mlflow") as pool:
+            tracked = pool.submit(_open_tracking, search, loaded)
+            try:
+                start_ray(opts)
+            finally:
+                tracked.result()  # its error first: the search cannot run without its MLflow runs
+        tracking.reopen_parent(search.tracking_uri, search.parent_run_id)
+        monitor = _system_metrics(search.tracking_uri, search.parent_run_id)
         if restore is not None:
             code = _run_once(loaded, opts, search, storage, restore, started)
             if code:
