@@ -91,8 +91,8 @@ def test_compiled_step_equals_the_eager_step(tmp_path):
     assert compiled.state_dict()["model"].keys() == _trainer(tmp_path).state_dict()["model"].keys()
 
 
-def test_a_run_without_compile_never_imports_dynamo():
-    """torch._dynamo costs 1.4 s of start-up (every Ray worker of a search): only train.compile may load it."""
+def test_importing_the_trainer_does_not_import_dynamo():
+    """torch._dynamo costs 1.4 s at import: processes that only evaluate (the tune driver, rbp eval) skip it."""
     code = "import sys, rbp.train, rbp.tuning.trainable; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -44,6 +44,24 @@ def test_digits_shapes_dtypes_ranges(digits) -> None:
     assert digits.info.std[0] == pytest.approx(everything.std().item(), abs=1e-3)
 
 
+def test_digits_are_sklearns_images_and_labels_without_importing_sklearn() -> None:
+    """The CSV read directly is load_digits() exactly; loading it leaves sklearn (2 s) unimported."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from rbp.data import _load_digits
+
+    split, _ = _load_digits()
+    reference = load_digits()
+    assert torch.equal(split.x, torch.from_numpy(reference.images).float().div(16).unsqueeze(1))
+    assert torch.equal(split.y, torch.from_numpy(reference.target).long())
+    code = "import sys; from rbp.data import _load_digits; _load_digits(); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_digits_split_sizes(digits) -> None:
     assert len(digits.test) == round(0.2 * 1797) == 359
     assert len(digits.val) == round(0.1 * (1797 - 359))
