@@ -16,6 +16,7 @@ before Ray starts, so a typo costs a second, not a cluster start-up.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -71,15 +72,11 @@ def default_spec() -> Path:
 
 
 def _require_stack() -> None:
-    try:
-        import mlflow  # noqa: F401
-        import optuna  # noqa: F401
-        import pandas  # noqa: F401
-        import ray.tune  # noqa: F401
-    except ImportError as error:
-        raise RbpError(
-            f"rbp tune needs the tuning extras ({error.name} is missing): pip install -e '.[tune]'"
-        ) from None
+    """One line naming the missing tuning extra; found without importing them (seconds, done later
+    where they overlap Ray's start-up)."""
+    for name in ("mlflow", "optuna", "pandas", "ray"):
+        if importlib.util.find_spec(name) is None:
+            raise RbpError(f"rbp tune needs the tuning extras ({name} is missing): pip install -e '.[tune]'")
 
 
 # ----------------------------------------------------------------------------- the cluster
@@ -263,10 +260,11 @@ def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> _Searc
 def _open_tracking(search: _Search, loaded: LoadedSpec) -> None:
     """The search's MLflow experiment and parent run (created on first use), into ``search``.
 
-    Seconds on a new store (MLflow migrates a fresh database), so :func:`run_tune` runs it while
-    Ray starts.
+    Seconds on a new store (MLflow migrates a fresh database) plus the imports of MLflow and the
+    trial recorder (torch), so :func:`run_tune` runs it while Ray starts.
     """
     from rbp.tuning import study as studies
+    from rbp.tuning.record import TrialRecorder  # noqa: F401  (torch and the recorder load here, off the main thread)
 
     spec = loaded.spec
     client = tracking.client(search.tracking_uri)
