@@ -62,3 +62,31 @@ def test_search_overhead_breakdown_adds_up(tmp_path, monkeypatch):
     assert slots == pytest.approx((ended - launched) * 2 - train)
     # The one gap between trials on a slot (1040 -> 1045) plus the second slot's later start (2 s).
     assert parts["between_s"] == pytest.approx(5 + 2)
+
+
+@pytest.mark.slow  # a tiny study, then rbp eval twice in subprocesses (AutoAttack on 2 images): about a minute
+def test_reevaluate_reproduces_a_tiny_study_and_flags_a_changed_row(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+    import yaml
+
+    from rbp.ablation import load_spec, run_ablation
+
+    spec_path = tmp_path / "spec.yaml"
+    base = {"train.epochs": 1, "model.width": 8, "attack.steps": 2, "eval.val_pgd_steps": 2, "run.progress": False,
+            "eval.autoattack": True, "eval.autoattack_samples": 2}  # fmt: skip
+    spec_path.write_text(yaml.safe_dump({"name": "t", "results": str(tmp_path / "out"), "base": base, "seeds": [0],
+                                         "studies": {"s": {"cells": [{"name": "ours"}]}}}))  # fmt: skip
+    assert run_ablation(load_spec(spec_path)) == 1
+    bench = _load("reevaluate", monkeypatch)
+    assert bench.main([str(spec_path)]) == 0
+    assert "| s.ours.rbpz |" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out" / "reeval").iterdir()) == [
+        "s.ours.autoattack.json",
+        "s.ours.clean.json",
+    ]
+    # A row whose AutoAttack accuracy is 1 point off the model's fails the check (JSONs reused).
+    [row_file] = (tmp_path / "out" / "rows").glob("*.parquet")
+    rows = pd.read_parquet(row_file)
+    rows["test_autoattack_acc"] += 0.01
+    rows.to_parquet(row_file)
+    assert bench.main([str(spec_path)]) == 1

@@ -1,0 +1,66 @@
+"""Re-evaluate every committed model of an ablation spec with ``rbp eval`` and compare with its table row.
+
+For each cell whose model is kept (``<results>/models/``, first seed of the spec) this runs, in a
+subprocess, ``rbp eval MODEL --attack clean`` (the whole test split) and, when the spec evaluates
+AutoAttack, ``rbp eval MODEL --attack autoattack --samples N`` (the spec's N), writing their JSON to
+``<results>/reeval/<model>.<attack>.json``; a JSON already there is reused, so the check resumes.
+It prints one Markdown row per model: the row's and the re-evaluation's accuracies and their
+differences; it exits 1 when a clean accuracy differs or an AutoAttack accuracy is more than
+``--tolerance`` points away (issue 11's acceptance: exactly, and 0.5 points).
+
+Usage: ``python bench/reevaluate.py ablations/fashion_mnist.yaml`` (about 9 minutes per model for
+AutoAttack on 1,000 Fashion-MNIST images on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from rbp.ablation import jobs, load_spec, model_path
+from rbp.results import read_results
+
+
+def evaluate(model: Path, attack: str, samples: int | None, out: Path) -> dict:
+    """``rbp eval`` of ``model`` (or the JSON it wrote before)."""
+    if not out.is_file():
+        cmd = [sys.executable, "-m", "rbp.cli", "eval", str(model), "--attack", attack, "--out", str(out)]
+        subprocess.run(cmd + (["--samples", str(samples)] if samples else []), check=True)
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--tolerance", type=float, default=0.5, help="AutoAttack points allowed (default 0.5)")
+    args = parser.parse_args(argv)
+    spec = load_spec(args.spec)
+    rows = read_results(spec.folder / "rows")
+    out_dir = spec.folder / "reeval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print("| model | clean: row / rbp eval | AutoAttack: row / rbp eval (points) |\n|---|---|---|")
+    failed, seen = False, set()
+    for job in jobs(spec):
+        model = model_path(spec.folder, job)
+        if job.seed != spec.seeds[0] or not model.is_file() or model in seen:
+            continue
+        seen.add(model)
+        row = rows[rows["run_id"] == job.config.run_id()].iloc[0]
+        clean = evaluate(model, "clean", None, out_dir / f"{model.stem}.clean.json")["clean_acc"]
+        text = f"| {model.name} | {100 * row['test_clean_acc']:.2f} / {100 * clean:.2f}"
+        failed |= clean != row["test_clean_acc"]
+        if job.config.eval.autoattack:
+            samples = job.config.eval.autoattack_samples
+            auto = evaluate(model, "autoattack", samples, out_dir / f"{model.stem}.autoattack.json")["autoattack_acc"]
+            diff = 100 * (auto - row["test_autoattack_acc"])
+            failed |= abs(diff) > args.tolerance
+            text += f" | {100 * row['test_autoattack_acc']:.1f} / {100 * auto:.1f} ({diff:+.1f})"
+        print(text + " |", flush=True)
+    return int(failed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
