@@ -62,7 +62,6 @@ def breakdown(ray_root: Path, launched: float, ended: float, concurrency: int, t
     for path in ray_root.glob("*/*/result.json"):
         last = json.loads(path.read_text().splitlines()[-1])
         spans.append((last["timestamp"] - last["time_total_s"], last["timestamp"], last["time_total_s"]))
-    spans.sort()
     start = min(s for s, _, _ in spans) - launched
     ends = sorted(e for _, e, _ in spans)
     # The last `concurrency` trials to end: each slot idles from its trial's end until the exit.
