@@ -462,6 +462,42 @@ def test_recorder_records_each_end_once_with_its_status(tmp_path):
     assert runs["t-done"].data.tags[tracking.SAMPLED_TAG] == '{"train.lr": 0.05}'
 
 
+def test_recorder_hooks_return_before_their_work_which_runs_in_order_and_survives_a_failure(caplog, monkeypatch):
+    import pickle
+    import threading
+    from types import SimpleNamespace
+
+    from rbp.tuning.record import TrialRecorder
+
+    recorder = TrialRecorder(
+        tracking_uri="unused", experiment="e", experiment_id="0", search="s", spec_path="s.yaml", searched=[],
+        runs_dir=Path("unused"),
+    )  # fmt: skip
+    release, done = threading.Event(), []
+
+    def mark_running(self, trial_id, config):
+        done.append(("start", trial_id, release.wait(timeout=30)))  # the hook has returned: released
+
+    def log_result(self, trial_id, config, result, seconds):
+        raise OSError("No space left on device")
+
+    def finalize(self, trial_id, config, last, checkpoint, error=None):
+        done.append(("end", trial_id, last["epoch"]))
+
+    for name, work in {"_mark_running": mark_running, "_log_result": log_result, "finalize": finalize}.items():
+        monkeypatch.setattr(TrialRecorder, name, work)
+    trial = SimpleNamespace(trial_id="t1", config={"train.lr": 0.1}, last_result={"epoch": 3}, checkpoint=None)
+    recorder.on_trial_start(0, [], trial)
+    recorder.on_trial_result(0, [], trial, {"epoch": 3})
+    recorder.on_trial_complete(0, [], trial)
+    saved = pickle.loads(pickle.dumps(recorder))  # Ray saves the experiment state meanwhile
+    release.set()  # only now may the first queued piece of work finish
+    recorder.on_experiment_end([])
+    assert done == [("start", "t1", True), ("end", "t1", 3)]
+    assert "recording trial t1 failed (OSError: No space left on device)" in caplog.text
+    assert saved._worker is None and saved.search == "s"
+
+
 # -- the core does not need the tuning stack ----------------------------------------------------
 def test_core_imports_neither_ray_nor_mlflow_and_tune_says_what_is_missing(tmp_path):
     import subprocess

@@ -8,6 +8,13 @@ writes the trial's Parquet rows (one per seed, named by trial id: a second write
 and only then marks the run FINISHED (or FAILED for a diverged or errored trial, with the reason
 as a tag). Every trial's run is nested under the search's parent run and named by its sampled values.
 
+Ray calls the hooks on its controller loop, the loop that also starts the next trial: MLflow's
+writes and the export there left a slot idle for about a second at every trial's end. The hooks
+therefore only queue their work, in order, on one thread of the recorder (all MLflow calls happen
+there); :meth:`TrialRecorder.flush`, called by Ray at the experiment's end, waits for it. A driver
+killed with work still queued loses nothing a restart cannot redo: a trial's run is found again by
+tag, and :meth:`TrialRecorder.reconcile` finalizes ended trials that lack their row.
+
 Ray's ``MLflowLoggerCallback`` does not do this job: it keys runs by trial in driver memory (a
 resumed driver opens a second run per trial), cannot nest them under a parent run, and logs every
 number of a result as a metric (constants such as ``kept_params`` included).
@@ -22,6 +29,8 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,11 +88,35 @@ class TrialRecorder(Callback):
         self.runs_dir = Path(runs_dir)
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self._worker: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _runs={})
+        state.update(_client=None, _runs={}, _worker=None)
         return state
+
+    # -- the recorder's thread ------------------------------------------------------------------
+    def _queue(self, work: Callable[..., None], trial_id: str, *args: Any) -> None:
+        """Run ``work(trial_id, *args)`` on the recorder's one thread, after everything queued before it."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="rbp-recorder")
+        self._worker.submit(self._guarded, work, trial_id, *args)
+
+    @staticmethod
+    def _guarded(work: Callable[..., None], trial_id: str, *args: Any) -> None:
+        # A failed write must not stop the search (Ray would abort every trial): log it; an ended
+        # trial without its row is finalized again by reconcile after the search.
+        try:
+            work(trial_id, *args)
+        except Exception as error:  # noqa: BLE001  (any failure of MLflow or the disk)
+            log.warning("recording trial %s failed (%s: %s); a trial that ended without its row is recorded "
+                        "again after the search", trial_id, type(error).__name__, error)  # fmt: skip
+
+    def flush(self) -> None:
+        """Wait until the work the hooks queued is done (failures were logged, see :meth:`_guarded`)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
     @property
     def client(self) -> MlflowClient:
@@ -138,33 +171,41 @@ class TrialRecorder(Callback):
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=params[start : start + 100])
 
-    def _mark_running(self, trial: Trial) -> None:
-        run_id = self.run_of(trial.trial_id, trial.config)
+    # -- Ray callback hooks (they queue; see the module docstring) -----------------------------
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._queue(self._mark_running, trial.trial_id, dict(trial.config))
+
+    def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._queue(self._mark_running, trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        self._queue(self._log_result, trial.trial_id, dict(trial.config), dict(result), time.time())
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._queue(self.finalize, trial.trial_id, dict(trial.config), trial.last_result, trial.checkpoint)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        config, error = dict(trial.config), _error_reason(trial)
+        self._queue(self.finalize, trial.trial_id, config, trial.last_result, trial.checkpoint, error)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.flush()
+
+    def _mark_running(self, trial_id: str, config: dict[str, Any]) -> None:
+        run_id = self.run_of(trial_id, config)
         if self.client.get_run(run_id).info.status != "RUNNING":  # reopened by a restart or --resume
             self.client.update_run(run_id, status="RUNNING")
 
-    # -- Ray callback hooks ---------------------------------------------------------------------
-    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._mark_running(trial)
-
-    def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._mark_running(trial)
-
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+    def _log_result(self, trial_id: str, config: dict[str, Any], result: dict, seconds: float) -> None:
+        """Log one epoch's numbers with the epoch as step, timestamped when Ray received them."""
         from mlflow.entities import Metric
 
-        run_id = self.run_of(trial.trial_id, trial.config)
-        step, now = int(result.get("epoch", 0)), int(time.time() * 1000)
+        run_id = self.run_of(trial_id, config)
+        step, now = int(result.get("epoch", 0)), int(seconds * 1000)
         values = tracking.numeric_metrics(result, _SKIP)
         metrics = [Metric(key, value, now, step) for key, value in values.items()]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
-
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.finalize(trial.trial_id, trial.config, trial.last_result, trial.checkpoint)
-
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.finalize(trial.trial_id, trial.config, trial.last_result, trial.checkpoint, _error_reason(trial))
 
     # -- the end of a trial ---------------------------------------------------------------------
     def finalize(
