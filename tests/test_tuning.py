@@ -395,6 +395,14 @@ def test_auto_address_of_a_cluster_that_is_gone_is_refused_quickly(tmp_path, cap
     assert time.monotonic() - start < 30 and "no Ray cluster at auto (" in capsys.readouterr().err
 
 
+def test_a_trial_larger_than_the_local_cluster_is_refused_not_left_pending(tmp_path, capsys):
+    spec = write_spec(tmp_path, resources={"cpu": 2, "gpu": 0})
+    assert main(["tune", str(spec), "--results", str(tmp_path / "r"), "--num-cpus", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"resources.cpu in {spec}: a trial asks for 2 CPUs but the local Ray cluster has 1" in err
+    assert "--num-cpus" in err and err.count("\n") == 1
+
+
 def test_unreachable_tracking_uri_is_refused_before_ray_starts(tmp_path, capsys):
     code = main(["tune", str(write_spec(tmp_path)), "--results", str(tmp_path / "r"),
                  "--tracking-uri", f"http://127.0.0.1:{closed_port()}"])  # fmt: skip

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from rbp.errors import RbpError
 from rbp.results import read_results
 from rbp.tuning import tracking
-from rbp.tuning.spec import LoadedSpec, load_spec
+from rbp.tuning.spec import LoadedSpec, ResourcesSpec, load_spec
 
 if TYPE_CHECKING:
     import optuna
@@ -159,6 +159,24 @@ def start_ray(opts: TuneOptions) -> None:
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray cluster"
         raise RbpError(f"cannot start or reach {where}: {first}") from None
+
+
+def check_trial_fits(resources: ResourcesSpec, spec_path: Path) -> None:
+    """Refuse a trial larger than the local Ray cluster (after :func:`start_ray`).
+
+    Ray would keep the trial pending forever and only warn every minute; a remote cluster may be
+    autoscaling, so only the local one is checked.
+    """
+    import ray
+
+    have = ray.cluster_resources()
+    for key, unit, asked in (("cpu", "CPU", resources.cpu), ("gpu", "GPU", resources.gpu)):
+        if asked > have.get(unit, 0):
+            raise RbpError(
+                f"resources.{key} in {spec_path}: a trial asks for {asked:g} {unit}s but the local Ray cluster has "
+                f"{have.get(unit, 0):g}; lower resources.{key} in the spec"
+                + (" or raise --num-cpus" if unit == "CPU" else " (or run on a cluster with GPUs: --address)")
+            )
 
 
 # ----------------------------------------------------------------------------- the Tuner
@@ -331,6 +349,8 @@ def run_tune(opts: TuneOptions) -> int:
             tracked = pool.submit(_open_tracking, search, loaded)
             try:
                 start_ray(opts)
+                if opts.address is None:
+                    check_trial_fits(spec.resources, opts.spec)
             finally:
                 tracked.result()  # its error first: the search cannot run without its MLflow runs
         tracking.reopen_parent(search.tracking_uri, search.parent_run_id)
