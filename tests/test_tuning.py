@@ -359,6 +359,22 @@ def test_console_tables_fit_120_columns_with_short_names_and_4_digits():
     assert "all rows: " in text and "allocation adaptive" in text  # the constant columns, folded
 
 
+def test_best_trials_table_names_the_kept_fraction_apart_from_a_searched_density():
+    from rbp.tuning.report import best_trials_table
+
+    rows = pd.DataFrame({
+        "trial_id": ["a", "b"], "study_trial": [0, 1], "status": ["finished"] * 2,
+        "final_val_pgd_acc": [0.3, 0.35], "final_val_clean_acc": [0.5, 0.45], "test_clean_acc": [0.6, 0.55],
+        "test_pgd20_acc": [0.33, 0.32], "density": [0.09998, 0.05114],
+        "sampled": ['{"sparsity.density": 0.1}', '{"sparsity.density": 0.05116}'],
+    })  # fmt: skip
+    text = best_trials_table(rows, "val_pgd_acc", "max", ["sparsity.density"], 5)
+    header, _, first, second = text.splitlines()
+    assert header.split() == ["trial", "val_pgd_acc", "n", "status", "val", "clean", "test", "clean", "test", "PGD-20",
+                              "kept", "density"]  # fmt: skip
+    assert first.split()[0] == "t1" and first.split()[-2:] == ["0.05114", "0.05116"] and second.startswith("t0")
+
+
 def test_study_storage_is_sqlite_beside_mlflow_or_a_journal_file(tmp_path):
     assert resolve_storage(None, tmp_path) == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
     journal = resolve_storage(str(tmp_path / "study.log"), tmp_path)

@@ -121,7 +121,8 @@ def best_trials_table(rows: pd.DataFrame, metric: str, mode: str, searched: list
     ranked = per_trial.sort_values(column, ascending=mode == "min", na_position="last").head(top)
     names = short_names(searched)
     headers = ["trial", metric, "n", "status", "val clean", "test clean"]
-    headers += [pgd.removesuffix("_acc").replace("test_pgd", "test PGD-") if pgd else "test PGD", "density"]
+    # "kept": the measured kept fraction, named apart from a searched sparsity.density ("density").
+    headers += [pgd.removesuffix("_acc").replace("test_pgd", "test PGD-") if pgd else "test PGD", "kept"]
     headers += [names[k] for k in searched]
     body = [
         [
