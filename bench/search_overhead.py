@@ -16,6 +16,8 @@ and where the difference goes, from Ray's per-trial ``result.json`` (``timestamp
                    evaluation, waiting for the driver to take a report
     between_s      idle slots between one trial's end and the next one's start (driver work, Optuna)
     tail_s         slots idle while the last trials finish (unequal lengths), then exit
+    exit_s         of the tail: wall seconds from the summary's last line to the process's end
+                   (Ray's shut-down, the interpreter's teardown)
 
 Usage: ``nice -n 19 python bench/search_overhead.py [SPEC] [--set KEY=VALUE ...] [--trials N]``.
 """
@@ -43,17 +45,23 @@ def measure(spec: Path, extra: list[str], keep: Path | None) -> dict[str, float]
     cmd = [sys.executable, "-m", "rbp.cli", "tune", str(spec.resolve()), "--results", str(folder / "results"),
            "--auth-mode", "disabled", "--report-every", "60", *extra]  # fmt: skip
     launched, start = time.time(), time.monotonic()
-    done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
+    lines, summary_end = [], start
+    with subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        for line in p.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("extend: rbp tune"):  # the summary's last line
+                summary_end = time.monotonic()
     wall = time.monotonic() - start
-    if done.returncode != 0:
-        sys.exit(f"rbp tune failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    if p.returncode != 0:
+        sys.exit(f"rbp tune failed ({p.returncode}):\n{''.join(lines)[-6000:]}")
     experiment = yaml.safe_load(spec.read_text())["experiment"]
     rows = pd.read_parquet(folder / "results" / "tune" / experiment / "rows")
     concurrency = yaml.safe_load(spec.read_text()).get("concurrency", 1)
     train = float(rows["train_seconds"].sum())
     result = {"trials": len(rows), "wall_s": wall, "train_s": train, "ideal_s": train / concurrency,
               "ratio": wall / (train / concurrency)}  # fmt: skip
-    return result | breakdown(folder / "results" / "ray", launched, launched + wall, concurrency, train)
+    parts = breakdown(folder / "results" / "ray", launched, launched + wall, concurrency, train)
+    return result | parts | {"exit_s": wall - (summary_end - start)}
 
 
 def breakdown(ray_root: Path, launched: float, ended: float, concurrency: int, train: float) -> dict[str, float]:

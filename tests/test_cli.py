@@ -172,6 +172,22 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "sparsity.density" in proc.stderr
 
 
+def test_console_script_prints_everything_and_runs_exit_handlers_before_its_fast_exit(run_dir, capsys):
+    """`rbp` skips the interpreter's teardown (rbp.cli.run): output and atexit work must survive that."""
+    args = ["eval", str(run_dir / "best.pt"), "--attack", "clean"]
+    assert main(args) == 0
+    expected = capsys.readouterr().out
+    script = (
+        "import atexit, sys; from rbp.cli import run; "
+        "atexit.register(lambda: print('exit handler ran', file=sys.stderr)); "
+        f"sys.argv = ['rbp', *{args!r}]; run()"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == expected and '"clean_acc"' in expected
+    assert proc.stderr.strip().endswith("exit handler ran")
+
+
 def test_train_and_eval_on_cifar10_files(cifar10_root, tmp_path, capsys):
     """The README's CIFAR path on a tiny set of files in the real on-disk format."""
     data = ["data.name=cifar10", f"data.root={cifar10_root}", "data.batch_size=4", "data.val_fraction=0.2"]
