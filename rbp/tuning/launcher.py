@@ -161,15 +161,18 @@ def start_ray(opts: TuneOptions) -> None:
         raise RbpError(f"cannot start or reach {where}: {first}") from None
 
 
-def check_trial_fits(resources: ResourcesSpec, spec_path: Path) -> None:
-    """Refuse a trial larger than the local Ray cluster (after :func:`start_ray`).
+def check_trial_fits(resources: ResourcesSpec, spec_path: Path, cpus: int) -> None:
+    """Refuse a trial larger than the local Ray cluster of ``cpus`` CPUs (before Ray starts).
 
     Ray would keep the trial pending forever and only warn every minute; a remote cluster may be
-    autoscaling, so only the local one is checked.
+    autoscaling, so only the local one is checked. GPUs are counted (by torch, as Ray does through
+    ``CUDA_VISIBLE_DEVICES``) only when a trial asks for one.
     """
-    import ray
+    have = {"CPU": cpus}
+    if resources.gpu > 0:
+        import torch
 
-    have = ray.cluster_resources()
+        have["GPU"] = torch.cuda.device_count()
     for key, unit, asked in (("cpu", "CPU", resources.cpu), ("gpu", "GPU", resources.gpu)):
         if asked > have.get(unit, 0):
             raise RbpError(
@@ -324,6 +327,8 @@ def run_tune(opts: TuneOptions) -> int:
         storage = str(Path(storage).resolve())
     if opts.address is not None:
         check_address(opts.address)
+    else:
+        check_trial_fits(spec.resources, opts.spec, opts.num_cpus or os.cpu_count() or 1)
     search = _open_search(opts, loaded, results)
     restore = search.study.user_attrs.get(studies.RAY_ATTR) if opts.resume else None
     if not opts.resume:
@@ -349,8 +354,6 @@ def run_tune(opts: TuneOptions) -> int:
             tracked = pool.submit(_open_tracking, search, loaded)
             try:
                 start_ray(opts)
-                if opts.address is None:
-                    check_trial_fits(spec.resources, opts.spec)
             finally:
                 tracked.result()  # its error first: the search cannot run without its MLflow runs
         tracking.reopen_parent(search.tracking_uri, search.parent_run_id)
