@@ -152,13 +152,18 @@ def start_ray(opts: TuneOptions) -> None:
     try:
         if opts.address is None:
             # "local": a fresh cluster in this process even if `ray start` left one running here.
-            ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), include_dashboard=False, **common)
+            ray.init(address="local", num_cpus=local_cpus(opts), include_dashboard=False, **common)
         else:
             ray.init(address=opts.address, **common)
     except (ConnectionError, RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray cluster"
         raise RbpError(f"cannot start or reach {where}: {first}") from None
+
+
+def local_cpus(opts: TuneOptions) -> int:
+    """CPUs of the local Ray cluster: ``--num-cpus``, else the machine's."""
+    return opts.num_cpus or os.cpu_count() or 1
 
 
 def check_trial_fits(resources: ResourcesSpec, spec_path: Path, cpus: int) -> None:
@@ -328,7 +333,7 @@ def run_tune(opts: TuneOptions) -> int:
     if opts.address is not None:
         check_address(opts.address)
     else:
-        check_trial_fits(spec.resources, opts.spec, opts.num_cpus or os.cpu_count() or 1)
+        check_trial_fits(spec.resources, opts.spec, local_cpus(opts))
     search = _open_search(opts, loaded, results)
     restore = search.study.user_attrs.get(studies.RAY_ATTR) if opts.resume else None
     if not opts.resume:
