@@ -51,7 +51,7 @@ def onprem_copy(hosts: nshosts.Hosts) -> dict:
     config["auth"] = {"ssh_user": "root", "ssh_private_key": str(hosts.key)}
     config["file_mounts"] = {"~/rbp": str(REPO)}
     path_lines = [c for c in config["setup_commands"] if ".bashrc" in c]
-    assert len(path_lines) == 1 and len(config["setup_commands"]) == 4, "the on-prem setup changed: update this test"
+    assert len(path_lines) == 1 and len(config["setup_commands"]) == 3, "the on-prem setup changed: update this test"
     config["setup_commands"] = [
         f"ln -sfn {VENV_BIN.parent} ~/rbp-env",
         "grep -qs PYTHONPATH ~/.bashrc || echo 'export PYTHONPATH=$HOME/rbp' >> ~/.bashrc",

@@ -197,6 +197,26 @@ def test_every_sampler_is_built_and_seeded(tmp_path, kind):
             study.tell(trial, 0.0)
 
 
+@pytest.mark.parametrize("kind", ["tpe", "random", "grid", "nsga2"])
+def test_every_sampler_pickles_inside_the_searcher_as_rays_tuner_does_and_samples_after(tmp_path, kind):
+    """Ray's ``Tuner`` cloudpickles the search algorithm at start and at every experiment checkpoint
+    (Optuna 5.1's NSGA-II holds a lock that plain pickling refuses)."""
+    from ray import cloudpickle
+    from ray.tune.search import ConcurrencyLimiter
+
+    from rbp.tuning.space import make_searcher
+
+    space = {"model.last_bn": {"type": "categorical", "choices": ["nonaffine", "none"]}}
+    metrics = {"metric": ["val_pgd_acc", "kept_params"], "mode": ["max", "min"]} if kind == "nsga2" else {}
+    loaded = load_spec(write_spec(tmp_path, space=space, sampler={"type": kind, "seed": 3}, trials=2, **metrics))
+    storage = open_storage(resolve_storage(None, tmp_path))
+    searcher = cloudpickle.loads(cloudpickle.dumps(ConcurrencyLimiter(make_searcher(loaded, storage), 2)))
+    for number in range(2):  # the unpickled sampler (its lock made anew) still suggests
+        config = searcher.suggest(f"trial_{number}")
+        assert config["model.last_bn"] in ("nonaffine", "none")
+    cloudpickle.loads(cloudpickle.dumps(searcher))  # and pickles again with trials in flight
+
+
 def test_an_inactive_parameter_is_none_and_means_the_default():
     cfg = trial_config({**TINY, "sparsity.p": None, "sparsity.allocation": "uniform"})
     assert cfg.sparsity.p == Config().sparsity.p and cfg.run.progress is False

@@ -9,6 +9,7 @@ the spec's constants, which it returns. Define-by-run is what makes conditional 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import optuna
@@ -76,6 +77,32 @@ class RayGridSampler(optuna.samplers.GridSampler):
         pass
 
 
+_LOCK, _RLOCK = type(threading.Lock()), type(threading.RLock())
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler that pickles without its locks and makes new ones when unpickled.
+
+    Ray's ``Tuner`` pickles the search algorithm, sampler included, when the search starts and at
+    every experiment checkpoint; Optuna 5.1's genetic samplers hold a ``threading.Lock``
+    (``_thread_lock``), which cannot be pickled. A lock guards one process's threads, so a fresh
+    one in the unpickling process is equivalent.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        reentrant = {name: isinstance(v, _RLOCK) for name, v in state.items() if isinstance(v, (_LOCK, _RLOCK))}
+        for name in reentrant:
+            del state[name]
+        return {**state, "_rbp_locks": reentrant}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        reentrant = state.pop("_rbp_locks", {})
+        self.__dict__.update(state)
+        for name, is_reentrant in reentrant.items():
+            setattr(self, name, threading.RLock() if is_reentrant else threading.Lock())
+
+
 def make_sampler(loaded: LoadedSpec) -> optuna.samplers.BaseSampler:
     """The Optuna sampler the spec names, seeded."""
     s = loaded.spec.sampler
@@ -88,7 +115,7 @@ def make_sampler(loaded: LoadedSpec) -> optuna.samplers.BaseSampler:
         space = {name: list(p.choices or []) for name, p in loaded.spec.space.items()}
         return RayGridSampler(space, seed=s.seed)
     if s.type == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=s.population_size)
+        return PicklableNSGAIISampler(seed=s.seed, population_size=s.population_size)
     # constant_liar: trials running in parallel count as pessimistic results, so TPE does not
     # propose the same region to every free worker at once.
     return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials, constant_liar=True)
