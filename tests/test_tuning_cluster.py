@@ -54,7 +54,9 @@ def test_every_cluster_file_passes_ray_validation_and_sets_up_the_same(name):
     assert {"cluster.yaml", "cluster-onprem.yaml"} <= set(CLUSTER_FILES)
     prepared = validated(cluster_config(name))
     setup = " ".join(prepared["setup_commands"])
-    assert f"ray[tune,default]=={ray.__version__}" in setup  # the tested Ray, never a nightly wheel
+    # The tested stack, never a nightly wheel: the checkout's constraints file pins the Ray this test runs.
+    assert "-c ~/rbp/constraints.txt" in setup
+    assert f"ray=={ray.__version__}" in (REPO / "constraints.txt").read_text().splitlines()
     assert '-e "$HOME/rbp[cluster]"' in setup and "nightly" not in setup and "ray-wheels" not in setup
     assert "rbp-env/bin:$PATH' >> ~/.bashrc" in setup  # `ray` on the login PATH, where the launcher runs it
     starts = prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
