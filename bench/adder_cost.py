@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from timing import median_seconds  # bench/timing.py: scripts run with bench/ on sys.path
 
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.models import build_model
 from rbp.nn import exact_gradients
 

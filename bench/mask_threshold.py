@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from timing import median_seconds  # bench/timing.py: scripts run with bench/ on sys.path
 
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.models import build_model
 from rbp.nn import subnet_layers, topk_masks
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.run import train_run
 
 

@@ -27,7 +27,7 @@ from timing import median_seconds  # bench/timing.py: scripts run with bench/ on
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.data import Batches
 from rbp.train import Trainer
 

@@ -10,14 +10,16 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__version__ = "0.1.0"
+from rbp.base.version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The model of an exported ``.rbpz`` (or of a checkpoint), ready in eval mode on ``device``.
 
     Outputs are bit-identical to the trained model's on the same device and dtype. Bad files raise
-    :class:`rbp.errors.RbpError` and return no model. Imports torch only when called.
+    :class:`rbp.base.errors.RbpError` and return no model. Imports torch only when called.
     """
     from rbp.export import load_any
 

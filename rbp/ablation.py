@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rbp.atomic import atomic_path
-from rbp.config import Config, from_dict, nested, parse_override, read_yaml_mapping
-from rbp.errors import RbpError
+from rbp.base.atomic import atomic_path
+from rbp.base.errors import RbpError
+from rbp.config.io import nested, parse_override, read_yaml_mapping
+from rbp.config.load import from_dict
+from rbp.config.schema import Config
 from rbp.results import read_results, result_row, write_row
 
 if TYPE_CHECKING:
@@ -221,8 +223,9 @@ def _small_dense_width(spec: AblationSpec, seed: int) -> int:
 @functools.cache
 def _matched_width(base_json: str) -> int:
     """Memoised per base config: every job listing asks again."""
-    from rbp.data import data_shape
-    from rbp.models import dense_width_for, kept_parameters
+    from rbp.config.schema import data_shape
+    from rbp.models import kept_parameters
+    from rbp.models.probe import dense_width_for
 
     base = Config.model_validate_json(base_json)
     kept, _ = kept_parameters(shape_only_model(base))
@@ -232,7 +235,7 @@ def _matched_width(base_json: str) -> int:
 def shape_only_model(cfg: Config) -> nn.Module:
     """The configured model built from its data set's shape alone, no data files read: for counting
     and drawing layers (normalisation constants are placeholders; not for training or evaluation)."""
-    from rbp.data import data_shape
+    from rbp.config.schema import data_shape
     from rbp.models import build_model
 
     classes, shape = data_shape(cfg.data)

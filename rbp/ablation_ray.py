@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from rbp.ablation import Job, run_job
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
 
 log = logging.getLogger(__name__)
 

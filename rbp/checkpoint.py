@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from rbp import __version__
-from rbp.atomic import atomic_path
-from rbp.config import Config, from_dict
-from rbp.errors import RbpError
+from rbp.base.atomic import atomic_path
+from rbp.base.errors import RbpError
+from rbp.base.version import __version__
+from rbp.config.load import from_dict
+from rbp.config.schema import Config
 from rbp.models import build_model
 from rbp.nn import subnet_layers
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
 
 if TYPE_CHECKING:
     from rbp.export import SizeBreakdown
@@ -35,7 +35,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rbp.config import load_config
+    from rbp.config.load import load_config
     from rbp.run import train_run
 
     cfg = load_config(args.config, args.overrides)
@@ -64,7 +64,7 @@ def _eval(args: argparse.Namespace) -> int:
     _check_out(args.out, "--out")  # before the long computation: its result must not be thrown away
     import torch
 
-    from rbp.config import from_dict
+    from rbp.config.load import from_dict
     from rbp.data import Batches, Split, load_splits, to_unit_float
     from rbp.evaluate import accuracy, autoattack_accuracy
     from rbp.export import load_any

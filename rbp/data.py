@@ -10,7 +10,7 @@ tensor gather, with augmentation done batched on the target device.
   Fashion-MNIST's default root is the Debian package's folder (``apt-get install dataset-fashion-mnist``).
 - ``synthetic``: uniform noise images with uniform labels, for smoke tests.
 
-Splits depend only on the :class:`~rbp.config.DataConfig` (``split_seed`` in particular), never on
+Splits depend only on the :class:`~rbp.config.schema.DataConfig` (``split_seed`` in particular), never on
 the run seed: the validation rows are a seeded random ``val_fraction`` of the official train split.
 """
 
@@ -31,8 +31,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from rbp.config import DataConfig
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
+from rbp.config.schema import DATA_SHAPES, DataConfig, data_shape
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _load_digits() -> tuple[Split, DataInfo]:
     table = np.loadtxt(_digits_file(), delimiter=",")  # 1,797 rows: 64 pixels (0..16), then the label
     x = torch.from_numpy(table[:, :-1]).to(torch.float32).div_(16.0).view(-1, 1, 8, 8)
     y = torch.from_numpy(table[:, -1]).to(torch.int64)
-    info = DataInfo(*_SHAPES["digits"], mean=(x.mean().item(),), std=(x.std(correction=0).item(),))
+    info = DataInfo(*DATA_SHAPES["digits"], mean=(x.mean().item(),), std=(x.std(correction=0).item(),))
     return Split(x, y), info
 
 
@@ -163,27 +163,6 @@ def _make_synthetic(cfg: DataConfig, generator: torch.Generator) -> tuple[Split,
     # Moments of U(0, 1): mean 1/2, std 1/sqrt(12).
     info = DataInfo(*data_shape(cfg), (0.5,) * channels, (0.2887,) * channels)
     return train, test, info
-
-
-# (classes, (C, H, W)) of the file-backed data sets: what the loaders report and data_shape knows unread.
-_SHAPES = {
-    "digits": (10, (1, 8, 8)),
-    "cifar10": (10, (3, 32, 32)),
-    "cifar100": (100, (3, 32, 32)),
-    "svhn": (10, (3, 32, 32)),
-    "fashion_mnist": (10, (1, 28, 28)),
-    "mnist": (10, (1, 28, 28)),
-}
-
-
-def data_shape(cfg: DataConfig) -> tuple[int, tuple[int, int, int]]:
-    """(number of classes, (C, H, W)) of the configured data set, without reading its files.
-
-    Enough to build a model's layers (e.g. to size a baseline) on a machine without the data.
-    """
-    if cfg.name == "synthetic":
-        return cfg.synthetic_classes, tuple(cfg.synthetic_shape)
-    return _SHAPES[cfg.name]
 
 
 def _data_root(cfg: DataConfig) -> Path:
@@ -320,7 +299,7 @@ def _concat(parts: list[Split]) -> Split:
 
 
 def _cifar_info(name: str) -> DataInfo:
-    return DataInfo(*_SHAPES[name], *_CIFAR_MEAN_STD[name])
+    return DataInfo(*DATA_SHAPES[name], *_CIFAR_MEAN_STD[name])
 
 
 def _load_cifar10(root: Path) -> tuple[Split, Split, DataInfo]:
@@ -363,7 +342,7 @@ def _read_svhn_file(path: Path) -> Split:
 
 def _load_svhn(root: Path) -> tuple[Split, Split, DataInfo]:
     train_path, test_path = _require_files(root, ["train_32x32.mat", "test_32x32.mat"], "SVHN")
-    info = DataInfo(*_SHAPES["svhn"], *_SVHN_MEAN_STD)
+    info = DataInfo(*DATA_SHAPES["svhn"], *_SVHN_MEAN_STD)
     return _read_svhn_file(train_path), _read_svhn_file(test_path), info
 
 
@@ -450,7 +429,7 @@ def _idx_loader(name: str) -> Callable[[Path], tuple[Split, Split, DataInfo]]:
         paths = [_idx_path(root, f"{split}-{kind}", name) for split in ("train", "t10k") for kind in _IDX_STEMS]
         label = _IDX_NAMES[name]
         train, test = _read_idx_pair(*paths[:2], label), _read_idx_pair(*paths[2:], label)
-        return train, test, DataInfo(*_SHAPES[name], *_IDX_MEAN_STD[name])
+        return train, test, DataInfo(*DATA_SHAPES[name], *_IDX_MEAN_STD[name])
 
     return load
 

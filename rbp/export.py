@@ -40,11 +40,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rbp import __version__
-from rbp.atomic import atomic_path
+from rbp.base.atomic import atomic_path
+from rbp.base.errors import RbpError
+from rbp.base.version import __version__
 from rbp.checkpoint import check_data_info, claims_digest, is_int, load_model
-from rbp.config import Config, from_dict
-from rbp.errors import RbpError
+from rbp.config.load import from_dict
+from rbp.config.schema import Config
 from rbp.models import build_model, first_non_finite
 from rbp.nn import subnet_layers, weight_layers
 

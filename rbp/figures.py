@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from rbp.ablation import AblationSpec, FigureSpec, base_config, jobs, shape_only_model  # noqa: E402
-from rbp.errors import RbpError  # noqa: E402
+from rbp.base.errors import RbpError  # noqa: E402
 from rbp.results import read_results  # noqa: E402
 from rbp.tables import HEADERS, study_rows  # noqa: E402
 

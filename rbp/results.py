@@ -21,9 +21,9 @@ from typing import Any
 
 import pandas as pd
 
-from rbp import __version__
-from rbp.atomic import atomic_path
-from rbp.config import Config
+from rbp.base.atomic import atomic_path
+from rbp.base.version import __version__
+from rbp.config.schema import Config
 
 log = logging.getLogger(__name__)
 

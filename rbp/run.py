@@ -27,11 +27,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rbp.atomic import atomic_path
+from rbp.base.atomic import atomic_path
+from rbp.base.errors import RbpError
 from rbp.checkpoint import load_model, read_checkpoint, save_checkpoint
-from rbp.config import Config
+from rbp.config.schema import Config
 from rbp.data import to_unit_float
-from rbp.errors import RbpError
 from rbp.evaluate import autoattack_accuracy
 from rbp.export import storage_bits
 from rbp.models import kept_parameters, layer_report

@@ -125,7 +125,7 @@ def _notes(rows: list[Row]) -> list[str]:
 
 
 def _chance(spec: AblationSpec) -> float:
-    from rbp.data import data_shape
+    from rbp.config.schema import data_shape
 
     return 1.0 / data_shape(base_config(spec).data)[0]
 

@@ -18,10 +18,10 @@ from torch import nn
 from tqdm import tqdm
 
 from rbp.attacks import bn_mode, pgd, trades_adversary, trades_loss
+from rbp.base.errors import RbpError
 from rbp.checkpoint import build_configured
-from rbp.config import Config
+from rbp.config.schema import Config
 from rbp.data import Batches, Split, Splits, load_splits
-from rbp.errors import RbpError
 from rbp.evaluate import accuracy
 from rbp.models import first_non_finite, kept_parameters
 from rbp.nn import clip_binary_weights, compile_model, scale_adder_gradients

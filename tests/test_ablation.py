@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from rbp.ablation import jobs, load_spec, missing_jobs, run_ablation
+from rbp.base.errors import RbpError
 from rbp.cli import main
-from rbp.errors import RbpError
 from rbp.figures import write_figures
 from rbp.results import read_results, result_row, write_row
 from rbp.tables import latex, markdown, write_tables

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rbp.base.errors import RbpError
 from rbp.checkpoint import load_model, save_checkpoint
 from rbp.cli import main
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.data import to_unit_float
-from rbp.errors import RbpError
 from rbp.evaluate import accuracy, autoattack_accuracy
 from rbp.models import build_model, list_models
 from rbp.nn import AdderConv2d, AdderLinear, AdderMixin, adder_layers, exact_gradients, scale_adder_gradients

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.nn import SubnetMixin
 from rbp.train import Trainer
 
@@ -111,7 +111,7 @@ def test_cuda_graph_switch_on_the_cpu_runs_the_unchanged_eager_step(tmp_path):
 
 
 def test_cuda_graph_with_fp16_scaling_is_a_config_error():
-    from rbp.errors import RbpError
+    from rbp.base.errors import RbpError
 
     with pytest.raises(RbpError, match=r"train.cuda_graph .* use amp bf16"):
         load_config(None, ["train.cuda_graph=true", "train.amp=fp16"])

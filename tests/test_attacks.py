@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from rbp.attacks import bn_mode, pgd, project, trades_adversary, trades_loss
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.models import build_model
 
 

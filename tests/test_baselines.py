@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
+from rbp.base.errors import RbpError
 from rbp.checkpoint import load_model
-from rbp.config import load_config
-from rbp.errors import RbpError
-from rbp.models import build_model, dense_width_for, kept_parameters
+from rbp.config.load import load_config
+from rbp.models import build_model, kept_parameters
+from rbp.models.probe import dense_width_for
 from rbp.nn import subnet_layers, weight_layers
 from rbp.nn.lcnn import CenteredSoftplus, LipschitzBatchNorm1d, LipschitzBatchNorm2d, curvature_penalty
 from rbp.run import train_run

@@ -2,8 +2,9 @@
 
 import pytest
 
-from rbp.config import Config, load_config
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
+from rbp.config.load import load_config
+from rbp.config.schema import Config
 
 
 def test_defaults_are_the_digits_recipe():
@@ -86,7 +87,7 @@ def test_bad_files_and_override_syntax(tmp_path):
 
 def test_run_id_ignores_fields_at_their_default():
     """A new knob whose default keeps old behaviour must not change existing run ids."""
-    from rbp.config import _non_defaults
+    from rbp.config.schema import _non_defaults
 
     cfg = load_config(None, ["seed=2", "model.arch=mlp"])
     body = _non_defaults(cfg, exclude={"run"})

@@ -13,10 +13,10 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import rbp.atomic
+import rbp.base.atomic
+from rbp.base.errors import RbpError
 from rbp.checkpoint import load_model, save_checkpoint
-from rbp.config import load_config
-from rbp.errors import RbpError
+from rbp.config.load import load_config
 from rbp.export import export_run
 from rbp.run import read_metrics, run_dir_of, train_run
 from rbp.train import Diverged, Trainer
@@ -79,7 +79,7 @@ def reference(tmp_path_factory):
     counter = _FailingReplace(at=0, when="never")
     cfg = _cfg(tmp_path_factory.mktemp("reference"))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rbp.atomic.os, "replace", counter)
+        mp.setattr(rbp.base.atomic.os, "replace", counter)
         train_run(cfg)
     return _outcome(cfg), counter.calls
 
@@ -92,7 +92,7 @@ def test_a_failure_at_every_write_point_resumes_bit_identically(reference, tmp_p
     for at in range(1, writes + 1):
         cfg = _cfg(tmp_path / f"{when}{at}")
         with monkeypatch.context() as mp:
-            mp.setattr(rbp.atomic.os, "replace", _FailingReplace(at, when))
+            mp.setattr(rbp.base.atomic.os, "replace", _FailingReplace(at, when))
             with pytest.raises(RbpError if when == "before" else Killed):
                 train_run(cfg)
         assert train_run(cfg, resume=True)["run_id"] == cfg.run_id()
@@ -101,7 +101,7 @@ def test_a_failure_at_every_write_point_resumes_bit_identically(reference, tmp_p
 
 def test_a_full_disk_is_one_line_naming_the_file_and_keeps_earlier_epochs(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path)
-    monkeypatch.setattr(rbp.atomic.os, "replace", _FailingReplace(at=6, when="before"))  # epoch 2's last.pt
+    monkeypatch.setattr(rbp.base.atomic.os, "replace", _FailingReplace(at=6, when="before"))  # epoch 2's last.pt
     with pytest.raises(RbpError, match=r"cannot write .*last\.pt: No space left on device") as caught:
         train_run(cfg)
     assert "\n" not in str(caught.value)

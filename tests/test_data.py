@@ -11,9 +11,10 @@ import pytest
 import torch
 from fakedata import cifar_batch, image, write_pickle
 
-from rbp.config import DataConfig, load_config
+from rbp.base.errors import RbpError
+from rbp.config.load import load_config
+from rbp.config.schema import DataConfig
 from rbp.data import Batches, Split, load_splits, random_crop_flip, to_unit_float
-from rbp.errors import RbpError
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -448,7 +449,7 @@ def test_batches_identical_on_cpu_and_gpu() -> None:
 
 @pytest.mark.parametrize("name", ["digits", "synthetic", "cifar10", "cifar100", "svhn"])
 def test_data_shape_without_files_matches_the_loaded_data(name, request):
-    from rbp.data import data_shape
+    from rbp.config.schema import data_shape
 
     overrides = [f"data.name={name}"]
     if name not in ("digits", "synthetic"):

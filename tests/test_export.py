@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import rbp
+from rbp.base.errors import RbpError
 from rbp.cli import main
-from rbp.config import load_config
-from rbp.errors import RbpError
+from rbp.config.load import load_config
 from rbp.export import (
     decode_mask,
     encode,

@@ -12,10 +12,11 @@ import torch
 from fakedata import idx_bytes, idx_image, write_idx, write_idx_set
 
 from rbp import data as data_module
+from rbp.base.errors import RbpError
 from rbp.cli import main
-from rbp.config import DataConfig, load_config
-from rbp.data import FASHION_MNIST_DEBIAN_ROOT, data_shape, load_splits
-from rbp.errors import RbpError
+from rbp.config.load import load_config
+from rbp.config.schema import DataConfig, data_shape
+from rbp.data import FASHION_MNIST_DEBIAN_ROOT, load_splits
 
 
 @pytest.fixture

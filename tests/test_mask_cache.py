@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rbp.attacks import pgd
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.models import build_model
 from rbp.nn import layers as layers_module
 from rbp.nn import set_mask_cache, subnet_layers, topk_masks

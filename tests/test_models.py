@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.models import Normalize, build_model, kept_parameters, layer_report, list_models
 from rbp.nn import SubnetMixin, subnet_layers
 

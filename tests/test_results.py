@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from rbp.config import load_config
+from rbp.config.load import load_config
 from rbp.results import flatten, read_results, result_row, write_row
 
 
@@ -44,7 +44,7 @@ def test_empty_folder_is_an_empty_table(tmp_path):
 def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_failure(tmp_path):
     import pytest
 
-    from rbp.atomic import atomic_path
+    from rbp.base.atomic import atomic_path
 
     target = tmp_path / "f.txt"
     target.write_text("old")

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from rbp.base.errors import RbpError
 from rbp.checkpoint import load_model
-from rbp.config import load_config
-from rbp.errors import RbpError
+from rbp.config.load import load_config
 from rbp.nn import subnet_layers
 from rbp.run import read_metrics, train_run
 from rbp.train import Diverged, Trainer

@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from rbp.base.errors import RbpError
 from rbp.cli import main
-from rbp.config import Config, load_config
-from rbp.errors import RbpError
+from rbp.config.load import load_config
+from rbp.config.schema import Config
 from rbp.results import read_results
 from rbp.tuning.best import check_selection_metric, config_from_params
 from rbp.tuning.configkeys import config_keys, config_value_text, flatten_config, parse_config_value

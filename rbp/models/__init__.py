@@ -1,15 +1,8 @@
 """Architectures, each buildable in every mode (dense | binary | subnet) through one factory."""
 
 from rbp.models import resnet, small, wide_resnet  # noqa: F401  (register the architectures)
-from rbp.models.build import (
-    Normalize,
-    build_model,
-    dense_width_for,
-    first_non_finite,
-    kept_parameters,
-    layer_report,
-    subnet_layer_names,
-)
+from rbp.models.build import Normalize, build_model, first_non_finite, kept_parameters, layer_report
+from rbp.models.probe import dense_width_for, subnet_layer_names
 from rbp.models.registry import ArchSpec, get_builder, list_models, register_model
 
 __all__ = [

@@ -10,13 +10,14 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
+from rbp.models.probe import parameter_count
 from rbp.models.registry import ArchSpec, get_builder
 from rbp.nn import LayerFactory, allocate, group_masks, initialize, subnet_layers, weight_layers
 from rbp.nn.lcnn import LipschitzBatchNorm1d
 
 if TYPE_CHECKING:
-    from rbp.config import Config
+    from rbp.config.schema import Config
 
 
 class Normalize(nn.Module):
@@ -105,9 +106,7 @@ _TRAIN_BYTES_PER_PARAMETER = 16
 
 def _check_fits_memory(cfg: Config, factory: LayerFactory, spec: ArchSpec) -> None:
     """Raise :class:`RbpError` naming ``model.width`` if training the model cannot fit in memory."""
-    with torch.device("meta"):  # shapes only: no memory, no weights drawn
-        body = get_builder(cfg.model.arch)(factory, spec)
-    count = sum(t.numel() for t in (*body.parameters(), *body.buffers()))
+    count = parameter_count(cfg.model.arch, factory, spec)
     need, have = count * _TRAIN_BYTES_PER_PARAMETER, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > have:
         raise RbpError(
@@ -115,37 +114,6 @@ def _check_fits_memory(cfg: Config, factory: LayerFactory, spec: ArchSpec) -> No
             f"{need / 1e9:,.0f} GB to train, more than this machine's {have / 1e9:,.0f} GB of memory; "
             "choose a smaller model.width (or input shape)"
         )
-
-
-def subnet_layer_names(
-    mode: str, arch: str, width: int | None, stem: str, classes: int, shape: tuple[int, ...]
-) -> list[str]:
-    """Names of the subnet layers (the keys of per-layer densities) of an architecture, built on the
-    meta device: no memory, no weights drawn."""
-    factory = LayerFactory(mode=mode)
-    with torch.device("meta"):
-        body = get_builder(arch)(factory, ArchSpec(classes, tuple(shape), width, stem))
-    return [f"body.{name}" for name in subnet_layers(body)]
-
-
-def dense_width_for(cfg: Config, num_classes: int, input_shape: tuple[int, int, int], target: int) -> int:
-    """Width of the dense ``cfg.model.arch`` whose conv/linear weight count is closest to ``target``.
-
-    For the ``small_dense`` baseline: a full-precision network narrowed to a subnet's kept count.
-    """
-    factory = LayerFactory(mode="dense")
-
-    def weights(width: int) -> int:
-        body = get_builder(cfg.model.arch)(factory, ArchSpec(num_classes, tuple(input_shape), width, cfg.model.stem))
-        return sum(layer.weight.numel() for layer in weight_layers(body).values())
-
-    low, high = 1, max(2, cfg.model.width or 64)
-    while weights(high) < target:  # weight count grows with width: bracket, then bisect
-        low, high = high, high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if weights(middle) < target else (low, middle)
-    return min((low, high), key=lambda w: abs(weights(w) - target))
 
 
 def layer_report(model: nn.Module) -> list[dict]:

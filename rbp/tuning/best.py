@@ -3,7 +3,7 @@
 Queries MLflow (not Ray's files, which may be on another machine or gone): FINISHED trial runs
 only, one per trial id (a trial that Ray restarted keeps one run, but a driver killed at the wrong
 moment can leave two; the newest wins). Params are strings in MLflow; they are cast back through
-the core config's field types, and the result validated as a :class:`~rbp.config.Config`.
+the core config's field types, and the result validated as a :class:`~rbp.config.schema.Config`.
 
 Honest selection: the default ranking is ``best_val_pgd_acc``, the validation score of the
 checkpoint the trial kept (its test numbers and ``.rbpz`` come from that checkpoint); trials with
@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from rbp.config import Config, from_dict, nested
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
+from rbp.config.io import nested
+from rbp.config.load import from_dict
+from rbp.config.schema import Config
 from rbp.tuning import tracking
 from rbp.tuning.configkeys import config_keys, parse_config_value
 from rbp.tuning.report import format_table, short_names

@@ -1,7 +1,7 @@
 """The core config as flat dotted keys: what a search space, a trial config and MLflow params use.
 
 A trial's config is a flat dict such as ``{"train.lr": 0.1, "sparsity.p": 0.3}``; MLflow params
-are strings. These helpers go between the nested :class:`~rbp.config.Config` and those forms,
+are strings. These helpers go between the nested :class:`~rbp.config.schema.Config` and those forms,
 typed by the config's own field annotations, so ``rbp best`` casts ``"0.1"`` back to a float and
 ``"True"`` to a bool for exactly the fields that hold them.
 """
@@ -17,7 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from rbp.config import Config
+from rbp.config.schema import Config
 
 Kind = Literal["bool", "int", "float", "str", "json"]
 

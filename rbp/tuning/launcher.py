@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
 from rbp.results import read_results
 from rbp.tuning import tracking
 from rbp.tuning.spec import LoadedSpec, ResourcesSpec, load_spec

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from rbp import __version__
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
+from rbp.base.version import __version__
 from rbp.results import git_commit, read_results, result_row, write_row
 from rbp.tuning import tracking
 from rbp.tuning.configkeys import config_value_text, flatten_config

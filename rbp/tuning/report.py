@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from rbp.atomic import atomic_path
+from rbp.base.atomic import atomic_path
 
 # Spec metric -> the Parquet column holding its value at the end of a trial.
 _ROW_COLUMN = {

@@ -6,7 +6,7 @@ distributions), the metric(s) and mode(s), the sampler, the scheduler, the trial
 concurrency and the resources per trial. Everything is checked before Ray starts: unknown spec keys,
 space or fixed keys the core config lacks, values the core config rejects, an empty space, and
 combinations that cannot work (grid over a continuous range, ASHA with several objectives) are one
-:class:`~rbp.errors.RbpError` line naming the key.
+:class:`~rbp.base.errors.RbpError` line naming the key.
 
 Conditional parameters: a parameter with ``when: {key: value-or-list}`` is sampled only when the
 earlier (or fixed) ``key`` has one of those values. Two conditions are implied and always apply:
@@ -22,8 +22,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rbp.config import Config, from_dict, nested, parse_override, read_yaml_mapping
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
+from rbp.config.io import nested, parse_override, read_yaml_mapping
+from rbp.config.load import from_dict
+from rbp.config.schema import Config
 from rbp.tuning.configkeys import config_keys, flatten_config
 
 # Implied conditions: these parameters mean nothing unless the other key has one of the values.

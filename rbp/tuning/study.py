@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -26,7 +26,9 @@ from typing import Any, Protocol
 import torch
 
 from rbp.checkpoint import load_model, read_checkpoint, save_checkpoint
-from rbp.config import Config, from_dict, nested
+from rbp.config.io import nested
+from rbp.config.load import from_dict
+from rbp.config.schema import Config
 from rbp.models import kept_parameters
 from rbp.run import test_metrics
 from rbp.train import Diverged, Trainer

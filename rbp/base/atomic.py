@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rbp.errors import RbpError
+from rbp.base.errors import RbpError
 
 
 @contextmanager

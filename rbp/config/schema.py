@@ -1,16 +1,16 @@
-"""One validated config for a run: every public knob, YAML in and out, and a stable run id.
+"""One validated config for a run: every public knob, its defaults, and a stable run id.
 
-A config is built from defaults, then a YAML file, then ``--set a.b=c`` overrides. Fields whose
-default depends on the data set (eps, step size, validation fraction, augmentation) or on the
-model mode (init scheme) are ``None`` until the validators fill them, so the resolved config
-written to a run folder is fully concrete and its hash identifies the run.
+A config is built from defaults, then a YAML file, then ``--set a.b=c`` overrides
+(:mod:`rbp.config.load`). Fields whose default depends on the data set (eps, step size, validation
+fraction, augmentation) or on the model mode (init scheme) are ``None`` until the validators fill
+them, so the resolved config written to a run folder is fully concrete and its hash identifies the
+run. The checks that need the architecture registry live in :mod:`rbp.config.load`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -20,16 +20,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from rbp.errors import RbpError
-
 DatasetName = Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "synthetic"]
+
+
 InitScheme = Literal["binary", "signed_kaiming", "signed_kaiming_density", "scaled", "kaiming_normal", "pretrained"]
+
 
 # Threat-model defaults per data set: (eps, step size), pixel units in [0, 1].
 _ATTACK_DEFAULTS = {
@@ -43,6 +43,7 @@ _ATTACK_DEFAULTS = {
     "synthetic": (8 / 255, 2 / 255),
 }
 
+
 # Per data set, defaults of the fields a config leaves unset: the recipe of the default conv net on
 # 2 CPU cores (bench/RESULTS.md). Digits: PGD-20 >= 86% on every seed in about a minute; 28x28: within
 # 15 minutes. ``model.width`` applies to the conv net only (other architectures keep their own).
@@ -50,6 +51,27 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"model.width": 64, "train.epochs": 20},
     **{name: {"model.width": 16, "train.epochs": 3} for name in ("fashion_mnist", "mnist")},
 }
+
+
+# (classes, (C, H, W)) of the file-backed data sets: what the loaders report, known without reading them.
+DATA_SHAPES = {
+    "digits": (10, (1, 8, 8)),
+    "cifar10": (10, (3, 32, 32)),
+    "cifar100": (100, (3, 32, 32)),
+    "svhn": (10, (3, 32, 32)),
+    "fashion_mnist": (10, (1, 28, 28)),
+    "mnist": (10, (1, 28, 28)),
+}
+
+
+def data_shape(cfg: DataConfig) -> tuple[int, tuple[int, int, int]]:
+    """(number of classes, (C, H, W)) of the configured data set, without reading its files.
+
+    Enough to build a model's layers (e.g. to size a baseline) on a machine without the data.
+    """
+    if cfg.name == "synthetic":
+        return cfg.synthetic_classes, tuple(cfg.synthetic_shape)
+    return DATA_SHAPES[cfg.name]
 
 
 class _Section(BaseModel):
@@ -116,15 +138,6 @@ class ModelConfig(_Section):
     norm: Literal["batchnorm", "lipschitz"] = Field("batchnorm", description="hidden BNs; lipschitz caps their gain")
     spectral_norm: bool = Field(False, description="spectrally normalised conv/linear weights (dense mode)")
     stem: Literal["cifar", "imagenet"] = "cifar"
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, arch: str) -> str:
-        from rbp.models import list_models  # local: models import nn, not config
-
-        if arch not in list_models():
-            raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(list_models())}")
-        return arch
 
 
 class InitConfig(_Section):
@@ -276,24 +289,9 @@ class Config(_Section):
             raise ValueError("model.last_bn none: adder logits are -L1 distances and need a batch norm (AdderNet)")
         if scheme == "pretrained" and (mode != "subnet" or self.init.pretrained is None):
             raise ValueError("init.scheme pretrained (HYDRA-style) needs model.mode=subnet and init.pretrained=CKPT")
-        if self.sparsity.allocation == "explicit" and mode == "subnet":
-            self._check_layer_names()
         if self.model.spectral_norm and mode != "dense":
             raise ValueError("model.spectral_norm is for dense models (subnet/binary weights are fixed ±s)")
         return self
-
-    def _check_layer_names(self) -> None:
-        """Explicit densities name exactly the architecture's subnet layers (checked now, not mid-build)."""
-        from rbp.data import data_shape  # local: data and models import config
-        from rbp.models import subnet_layer_names
-
-        m = self.model
-        names = subnet_layer_names(m.mode, m.arch, m.width, m.stem, *data_shape(self.data))
-        given = set(self.sparsity.layer_densities or {})
-        unknown, missing = sorted(given - set(names)), [n for n in names if n not in given]
-        if unknown or missing:
-            problem = f"unknown layer {unknown[0]!r}" if unknown else f"no density for layer {missing[0]!r}"
-            raise ValueError(f"sparsity.layer_densities: {problem}; the {m.arch} layers are {', '.join(names)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON/YAML-safe nested dict (paths as strings, tuples as lists)."""
@@ -318,6 +316,8 @@ class Config(_Section):
 # Bumped when a default or the meaning of a field changes, so that results computed under the old
 # meaning never pass for new ones (2: evaluation step eval.step_scale, TRADES attack_bn eval, recipe).
 _RUN_ID_VERSION = 2
+
+
 _NOT_IN_RUN_ID = frozenset({"run", "data.root", "data.download"})
 
 
@@ -344,77 +344,3 @@ def _non_defaults(section: BaseModel, exclude: frozenset[str] = frozenset(), pre
 def _json_default(field: Any) -> Any:
     default = field.get_default(call_default_factory=True)
     return json.loads(json.dumps(default, default=str)) if not isinstance(default, tuple) else list(default)
-
-
-def _format_error(error: ValidationError) -> str:
-    """One line naming the first bad field, its problem and the value given."""
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-after"))
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key (`rbp train --print-config` lists every key)"
-    elif "input" in first and first["type"] != "missing" and not isinstance(first["input"], dict):
-        message += f" (got {first['input']!r})"
-    return f"config error: {field or 'config'}: {message}"
-
-
-def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise RbpError(f"config error: {dotted}: {part!r} is a value, not a section")
-        node = child
-    node[leaf] = value
-
-
-def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}``: dotted keys as the tree :func:`from_dict` takes."""
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        set_path(tree, key, value)
-    return tree
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"a.b=c"`` -> ``("a.b", c)`` with ``c`` parsed as YAML (numbers, bools, lists)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise RbpError(f"config error: --set {text!r}: expected KEY=VALUE, e.g. --set model.arch=resnet18")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
-
-
-def from_dict(tree: dict[str, Any]) -> Config:
-    """Validate a nested dict into a :class:`Config`, raising a one-line :class:`RbpError`."""
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as error:
-        raise RbpError(_format_error(error)) from None
-
-
-def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The mapping a YAML file holds (an empty file is ``{}``); errors are one line prefixed by ``what``."""
-    path = Path(path)
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise RbpError(f"{what}: cannot read {path}: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise RbpError(
-            f"{what}: {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
-            "save it as UTF-8"
-        ) from None
-    except yaml.YAMLError as error:
-        raise RbpError(f"{what}: {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise RbpError(f"{what}: {path} must hold a mapping, not {type(loaded).__name__}")
-    return loaded or {}
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file at ``path`` <- ``KEY=VALUE`` overrides, validated and resolved."""
-    tree = read_yaml_mapping(path, "config error") if path is not None else {}
-    for text in overrides:
-        set_path(tree, *parse_override(text))
-    return from_dict(tree)

@@ -1,0 +1,3 @@
+"""The package version, written into every checkpoint, artefact and result row."""
+
+__version__ = "0.1.0"
