@@ -16,7 +16,7 @@ import time
 import torch
 
 from rbp.config.load import load_config
-from rbp.run import train_run
+from rbp.runs.epochs import train_run
 
 
 def main() -> None:

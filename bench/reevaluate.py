@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rbp.ablation import jobs, load_spec, model_path
+from rbp.ablation.jobs import jobs, load_spec, model_path
 from rbp.results import read_results
 
 

@@ -21,7 +21,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     Outputs are bit-identical to the trained model's on the same device and dtype. Bad files raise
     :class:`rbp.base.errors.RbpError` and return no model. Imports torch only when called.
     """
-    from rbp.export import load_any
+    from rbp.artefacts.load import load_any
 
     model, _ = load_any(path, device)
     return model

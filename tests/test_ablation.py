@@ -6,12 +6,13 @@ import textwrap
 import pytest
 import yaml
 
-from rbp.ablation import jobs, load_spec, missing_jobs, run_ablation
+from rbp.ablation.figures import write_figures
+from rbp.ablation.jobs import jobs, load_spec
+from rbp.ablation.runner import missing_jobs, run_ablation
+from rbp.ablation.tables import latex, markdown, write_tables
 from rbp.base.errors import RbpError
 from rbp.cli import main
-from rbp.figures import write_figures
 from rbp.results import read_results, result_row, write_row
-from rbp.tables import latex, markdown, write_tables
 
 TINY = {
     "train.epochs": 1,
@@ -157,7 +158,7 @@ def test_figures_with_missing_runs_are_skipped_not_fatal(tmp_path, caplog, monke
 
 def test_density_sweep_draws_each_baseline_apart(tmp_path):
     """Two reference lines (FP and BNN) differ in colour and dash, and sit at their cells' means."""
-    from rbp.figures import density_sweep
+    from rbp.ablation.figures import density_sweep
 
     studies = {
         "base": {
@@ -210,7 +211,7 @@ def test_shipped_specs_validate():
 
 @pytest.mark.slow  # builds ResNet-18/34 a few times to size the small dense baseline
 def test_cifar_specs_carry_the_reference_recipe_and_need_no_data_to_load():
-    from rbp.ablation_ray import task_resources
+    from rbp.ablation.ray_backend import task_resources
 
     digits = load_spec("ablations/digits_paper.yaml")
     for name, arch, eps, step in [

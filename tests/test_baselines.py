@@ -5,15 +5,15 @@ import math
 import pytest
 import torch
 
+from rbp.artefacts.checkpoint import load_model
 from rbp.base.errors import RbpError
-from rbp.checkpoint import load_model
 from rbp.config.load import load_config
 from rbp.models import build_model, kept_parameters
 from rbp.models.probe import dense_width_for
 from rbp.nn import subnet_layers, weight_layers
 from rbp.nn.lcnn import CenteredSoftplus, LipschitzBatchNorm1d, LipschitzBatchNorm2d, curvature_penalty
-from rbp.run import train_run
-from rbp.train import Trainer
+from rbp.runs.epochs import make_trainer, train_run
+from rbp.train.trainer import Trainer
 
 TINY = ["train.epochs=1", "model.width=8", "attack.steps=2", "eval.val_pgd_steps=2", "eval.test_pgd_steps=2"]
 LCNN = ["model.mode=dense", "model.activation=centered_softplus", "model.norm=lipschitz", "model.last_bn=lipschitz",
@@ -80,7 +80,7 @@ def test_hydra_style_start_keeps_dense_weights_and_prunes_by_magnitude(tmp_path)
     train_run(dense)
     best = tmp_path / dense.run_id() / "best.pt"
     hydra_cfg = _cfg(tmp_path, "init.scheme=pretrained", f"init.pretrained={best}", "sparsity.allocation=uniform")
-    trainer = Trainer(hydra_cfg)
+    trainer = make_trainer(hydra_cfg)
     dense_model, _, _ = load_model(best)
     dense_weights = dict(dense_model.state_dict())
     for name, layer in subnet_layers(trainer.model).items():
@@ -97,7 +97,7 @@ def test_hydra_style_start_keeps_dense_weights_and_prunes_by_magnitude(tmp_path)
 
 def test_hydra_needs_a_dense_checkpoint(tmp_path):
     with pytest.raises(RbpError, match="init.pretrained"):
-        Trainer(_cfg(tmp_path, "init.scheme=pretrained", f"init.pretrained={tmp_path / 'none.pt'}"))
+        make_trainer(_cfg(tmp_path, "init.scheme=pretrained", f"init.pretrained={tmp_path / 'none.pt'}"))
     with pytest.raises(RbpError, match="init.scheme pretrained"):
         load_config(None, ["init.scheme=pretrained"])
 

@@ -69,7 +69,8 @@ def test_reevaluate_reproduces_a_tiny_study_and_flags_a_changed_row(tmp_path, mo
     import pandas as pd
     import yaml
 
-    from rbp.ablation import load_spec, run_ablation
+    from rbp.ablation.jobs import load_spec
+    from rbp.ablation.runner import run_ablation
 
     spec_path = tmp_path / "spec.yaml"
     base = {"train.epochs": 1, "model.width": 8, "attack.steps": 2, "eval.val_pgd_steps": 2, "run.progress": False,

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 import rbp.base.atomic
+from rbp.artefacts.checkpoint import load_model, save_checkpoint
+from rbp.artefacts.export import export_run
 from rbp.base.errors import RbpError
-from rbp.checkpoint import load_model, save_checkpoint
 from rbp.config.load import load_config
-from rbp.export import export_run
-from rbp.run import read_metrics, run_dir_of, train_run
-from rbp.train import Diverged, Trainer
+from rbp.runs.epochs import train_run
+from rbp.runs.folder import read_metrics, run_dir_of
+from rbp.train.trainer import Diverged, Trainer
 
 FAST = [
     "train.epochs=3",
@@ -129,7 +130,7 @@ def test_a_torn_metrics_line_does_not_stop_a_resume(tmp_path):
 def test_a_second_writer_stops_with_one_line_naming_the_first(tmp_path):
     cfg = _cfg(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from rbp.run import run_lock\n"
+        [sys.executable, "-c", "import sys; from pathlib import Path; from rbp.runs.folder import run_lock\n"
          "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); sys.stdin.read()",
          str(run_dir_of(cfg))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

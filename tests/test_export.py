@@ -14,24 +14,16 @@ import pytest
 import torch
 
 import rbp
+from rbp.artefacts.codec import decode_mask, encode_mask, rice_decode, rice_encode
+from rbp.artefacts.export import export_run
+from rbp.artefacts.load import load_any
+from rbp.artefacts.rbpz_format import header_digest
+from rbp.artefacts.reader import load_artefact, read_artefact
+from rbp.artefacts.sizes import model_size, size_breakdown
+from rbp.artefacts.writer import encode, write_artefact
 from rbp.base.errors import RbpError
 from rbp.cli import main
 from rbp.config.load import load_config
-from rbp.export import (
-    decode_mask,
-    encode,
-    encode_mask,
-    export_run,
-    header_digest,
-    load_any,
-    load_artefact,
-    model_size,
-    read_artefact,
-    rice_decode,
-    rice_encode,
-    size_breakdown,
-    write_artefact,
-)
 from rbp.models import build_model, list_models
 from rbp.nn import subnet_layers
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rbp.ablation import jobs, load_spec
+from rbp.ablation.jobs import jobs, load_spec
 from rbp.tuning.spec import load_spec as load_search_spec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
+from rbp.artefacts.checkpoint import load_model
 from rbp.base.errors import RbpError
-from rbp.checkpoint import load_model
 from rbp.config.load import load_config
 from rbp.nn import subnet_layers
-from rbp.run import read_metrics, train_run
-from rbp.train import Diverged, Trainer
+from rbp.runs.epochs import train_run
+from rbp.runs.folder import read_metrics
+from rbp.train.trainer import Diverged, Trainer
 
 FAST = [
     "train.epochs=1",
@@ -92,7 +93,7 @@ def test_save_load_gives_identical_outputs(tmp_path):
     trainer.run_epoch()
     from dataclasses import asdict
 
-    from rbp.checkpoint import save_checkpoint
+    from rbp.artefacts.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "m.pt", cfg, asdict(trainer.splits.info), trainer.model)
     model, _, _ = load_model(tmp_path / "m.pt")

@@ -553,7 +553,7 @@ def test_core_imports_neither_ray_nor_mlflow_and_tune_says_what_is_missing(tmp_p
 import sys
 for name in ("ray", "mlflow", "optuna"):
     sys.modules[name] = None  # as if not installed
-import rbp.cli, rbp.train, rbp.run, rbp.checkpoint, rbp.evaluate, rbp.tuning, rbp.tuning.spec
+import rbp.cli, rbp.train.trainer, rbp.runs.epochs, rbp.artefacts.load, rbp.evaluate, rbp.tuning, rbp.tuning.spec
 from rbp.cli import main
 assert main(["train", "--print-config"]) == 0
 assert main(["tune", {str(spec)!r}, "--results", {str(tmp_path / "r")!r}]) == 2
@@ -565,8 +565,8 @@ assert main(["best", "--experiment", "x"]) == 2
 
 
 def test_pareto_figure_draws_the_searched_metric_and_refuses_a_missing_column(tmp_path):
-    from rbp.ablation import FigureSpec
-    from rbp.figures import pareto
+    from rbp.ablation.figures import pareto
+    from rbp.ablation.spec import FigureSpec
 
     front = tmp_path / "pareto.csv"
     pd.DataFrame({"kept_params": [100, 300], "final_val_pgd_acc": [0.5, 0.7]}).to_csv(front, index=False)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from rbp.base.errors import RbpError
+from rbp.base.metrics import pgd_key
 from rbp.config.io import nested
 from rbp.config.load import from_dict
 from rbp.config.schema import Config
@@ -150,7 +151,7 @@ def best_table(ranked: list[Ranked], metric: str) -> str:
         rank = f"{item.rank}=" if item.rank in shared else str(item.rank)
         kept = item.run.data.tags.get("kept_params")
         rows.append([rank, item.run.info.run_name.split(" ")[0], spread, item.n, m.get("test_clean_acc"),
-                     m.get(f"test_pgd{steps}_acc"), int(float(kept)) if kept else None, *values])  # fmt: skip
+                     m.get(pgd_key(steps)), int(float(kept)) if kept else None, *values])  # fmt: skip
     headers = ["#", "trial", metric, "n", "test clean", "test PGD", "kept"]
     return format_table(headers + [names[k] for k in searched], rows)
 

@@ -37,13 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from rbp.base import files
 from rbp.base.errors import RbpError
+from rbp.base.metrics import pgd_key
 from rbp.base.version import __version__
 from rbp.results import git_commit, read_results, result_row, write_row
 from rbp.tuning import tracking
 from rbp.tuning.configkeys import config_value_text, flatten_config
 from rbp.tuning.study import TRIAL_KEY
-from rbp.tuning.trainable import BEST, REPEATS_KEY, repeat_configs, seed_folder, trial_config
+from rbp.tuning.trainable import REPEATS_KEY, repeat_configs, seed_folder, trial_config
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -250,10 +252,10 @@ class TrialRecorder(Callback):
     def _log_artifacts(self, run_id: str, cfgs: list[Any], checkpoint: Any) -> dict[int, int]:
         """Log ``config.yaml`` and each seed's kept model as a ``.rbpz``; returns {seed: .rbpz bytes}.
 
-        A model the ``.rbpz`` format cannot hold (:func:`rbp.export.export_run` refuses it) is not
+        A model the ``.rbpz`` format cannot hold (:func:`rbp.artefacts.export.export_run` refuses it) is not
         logged as a file: the run's ``rbp.artefact`` tag says why, and the config retrains it.
         """
-        from rbp.export import export_run
+        from rbp.artefacts.export import export_run
 
         repeats, sizes = len(cfgs), {}
         with tempfile.TemporaryDirectory(prefix="rbp-artefacts-") as tmp:
@@ -264,7 +266,7 @@ class TrialRecorder(Callback):
                 return sizes
             with checkpoint.as_directory() as folder:
                 for cfg in cfgs:
-                    best = seed_folder(Path(folder), cfg, repeats) / BEST
+                    best = seed_folder(Path(folder), cfg, repeats) / files.BEST
                     if not best.is_file():
                         continue
                     out = seed_folder(Path(tmp), cfg, repeats) / "model.rbpz"
@@ -282,7 +284,7 @@ class TrialRecorder(Callback):
         """The trial's results row: :func:`rbp.results.result_row` plus the search's own columns."""
         started = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
         steps = cfg.eval.test_pgd_steps
-        summary_keys = ["best_epoch", "best_val_pgd_acc", "test_clean_acc", f"test_pgd{steps}_acc",
+        summary_keys = ["best_epoch", "best_val_pgd_acc", "test_clean_acc", pgd_key(steps),
                         "test_autoattack_acc", "kept_params", "total_params", "density"]  # fmt: skip
         summary = {k: last[k] for k in summary_keys if k in last}
         extra = {

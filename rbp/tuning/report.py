@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from rbp.base.atomic import atomic_path
+from rbp.base.metrics import pgd_steps
 
 # Spec metric -> the Parquet column holding its value at the end of a trial.
 _ROW_COLUMN = {
@@ -106,7 +106,7 @@ def short_names(keys: Sequence[str]) -> dict[str, str]:
 
 def _test_pgd_column(rows: pd.DataFrame) -> str | None:
     """The ``test_pgd<steps>_acc`` column of the rows (the steps come from the config)."""
-    found = [c for c in rows.columns if re.fullmatch(r"test_pgd\d+_acc", c)]
+    found = [c for c in rows.columns if pgd_steps(c) is not None]
     return found[0] if found else None
 
 
@@ -122,7 +122,7 @@ def best_trials_table(rows: pd.DataFrame, metric: str, mode: str, searched: list
     names = short_names(searched)
     headers = ["trial", metric, "n", "status", "val clean", "test clean"]
     # "kept": the measured kept fraction, named apart from a searched sparsity.density ("density").
-    headers += [pgd.removesuffix("_acc").replace("test_pgd", "test PGD-") if pgd else "test PGD", "kept"]
+    headers += [f"test PGD-{pgd_steps(pgd)}" if pgd else "test PGD", "kept"]
     headers += [names[k] for k in searched]
     body = [
         [

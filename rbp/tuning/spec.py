@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rbp.base.errors import RbpError
+from rbp.base.metrics import EPOCH_METRICS
 from rbp.config.io import nested, parse_override, read_yaml_mapping
 from rbp.config.load import from_dict
 from rbp.config.schema import Config
@@ -33,18 +34,6 @@ IMPLIED_CONDITIONS: dict[str, dict[str, list[Any]]] = {
     "sparsity.p": {"sparsity.allocation": ["adaptive"]},
     "init.alpha": {"init.scheme": ["scaled"]},
 }
-
-# What the trainable reports after every epoch (rbp.train.Trainer.run_epoch plus the running best):
-# the names a spec may use as metric, the ASHA criterion or an objective.
-EPOCH_METRICS = (
-    "val_pgd_acc",
-    "val_clean_acc",
-    "best_val_pgd_acc",
-    "train_loss",
-    "train_acc",
-    "kept_params",
-    "density",
-)
 
 Mode = Literal["max", "min"]
 

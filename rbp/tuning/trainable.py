@@ -1,10 +1,11 @@
 """The Ray Tune function trainable: one trial = the core Trainer, epoch by epoch.
 
-After every epoch the trial reports its metrics with a checkpoint (``last.pt``: model + trainer
-state for an exact resume; ``best.pt``: the model with the best validation PGD accuracy so far).
+After every epoch the trial reports its metrics with a checkpoint: a copy of its run folder, the
+same files as ``rbp train`` writes (``last.pt`` for an exact resume, ``best.pt``, ``metrics.jsonl``,
+``summary.json`` once finished), so ``rbp export`` and ``rbp eval`` read it like any run.
 When Ray restarts a trial (its worker died, or the search is resumed) it passes the last checkpoint
 back and training continues after that epoch, not from epoch 0. The last epoch's report also
-holds the test metrics of the best model. A NaN loss (:class:`~rbp.train.Diverged`) ends the trial
+holds the test metrics of the best model. A NaN loss (:class:`~rbp.train.trainer.Diverged`) ends the trial
 with one final report marked ``diverged`` and its reason; the search goes on.
 
 :func:`run_trial` is the loop, free of Ray's session, so tests can drive it directly.
@@ -12,12 +13,12 @@ with one final report marked ``diverged`` and its reason; the search goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -25,17 +26,17 @@ from typing import Any, Protocol
 
 import torch
 
-from rbp.checkpoint import load_model, read_checkpoint, save_checkpoint
+from rbp.base import files
 from rbp.config.io import nested
 from rbp.config.load import from_dict
 from rbp.config.schema import Config
 from rbp.models import kept_parameters
-from rbp.run import test_metrics
-from rbp.train import Diverged, Trainer
+from rbp.runs.epochs import make_trainer, summarise, train_epoch
+from rbp.runs.folder import RunFolder
+from rbp.train.trainer import Diverged, Trainer
 
 log = logging.getLogger(__name__)
 
-LAST, BEST = "last.pt", "best.pt"
 # Metrics that are NaN in a diverged trial's final report (the epoch never finished).
 _EPOCH_VALUES = ("train_loss", "train_acc", "val_clean_acc", "val_pgd_acc")
 
@@ -74,16 +75,15 @@ def seed_folder(folder: Path, cfg: Config, repeats: int) -> Path:
     return folder if repeats == 1 else folder / f"seed{cfg.seed}"
 
 
-def _final_metrics(trainer: Trainer, best_path: Path) -> dict[str, Any]:
-    """Test metrics of the best model (as ``rbp train`` reports them) and the parameter counts."""
-    current = trainer.model
-    trainer.model, _, _ = load_model(best_path, trainer.device)
-    try:
-        metrics = test_metrics(trainer)
-    finally:
-        trainer.model = current
-    _, total = kept_parameters(current)
-    return {**metrics, "total_params": total, "best_epoch": trainer.best["epoch"]}
+def _epoch_report(trainer: Trainer, record: dict[str, Any]) -> dict[str, Any]:
+    """What a trial reports for an epoch: the epoch's record and the running best."""
+    report = {k: v for k, v in record.items() if k != "is_best"}
+    return {**report, "epochs_done": trainer.epoch, "best_val_pgd_acc": trainer.best["val_pgd_acc"]}
+
+
+def _final_report(summary: dict[str, Any]) -> dict[str, Any]:
+    """The run summary's numbers (test metrics of the best model, sizes), reported with the last epoch."""
+    return {k: v for k, v in summary.items() if k not in ("run_id", "run_dir")}
 
 
 def _diverged_result(trainer: Trainer, error: Diverged, train_seconds: float) -> dict[str, Any]:
@@ -134,66 +134,55 @@ def run_trial(
 ) -> None:
     """Train the trial ``config`` to its last epoch, calling ``report(metrics, checkpoint_dir)`` per epoch.
 
+    Each seed trains in a run folder of its own through the epoch path ``rbp train`` uses
+    (:mod:`rbp.runs.epochs`): ``checkpoint_dir`` is a copy of those folders (the folder itself for a
+    single seed, ``seed<S>/`` in it when R > 1), valid only during the call (the caller copies it).
     With ``_repeats: R`` in the config, R copies with seeds ``seed .. seed + R - 1`` train epoch by
     epoch side by side and each report is :func:`combine` of theirs (the objective is the mean).
-    ``checkpoint_dir`` holds ``last.pt`` and ``best.pt`` (per seed in ``seed<S>/`` when R > 1) and
-    is valid only during the call (the caller copies it). With ``checkpoint`` (a previous report's
-    folder) training resumes after that epoch; a checkpoint of the final epoch re-reports its
-    metrics and returns. ``workdir`` keeps the best models between epochs (a temporary folder if not given).
+    With ``checkpoint`` (a previous report's folder) training resumes after that epoch; a
+    checkpoint of the final epoch re-reports its metrics and returns. ``workdir`` holds the run
+    folders between epochs (a temporary folder if not given).
     """
     cfgs = repeat_configs(config)
     repeats, epochs = len(cfgs), cfgs[0].train.epochs
-    trainers = [Trainer(cfg) for cfg in cfgs]
+    trainers = [make_trainer(cfg) for cfg in cfgs]
     data_info = asdict(trainers[0].splits.info)
     with tempfile.TemporaryDirectory(prefix="rbp-trial-") as tmp:
         work = Path(workdir or tmp)
-        best_paths = [seed_folder(work, cfg, repeats) / BEST for cfg in cfgs]
-        for path in best_paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        seconds = [0.0] * repeats
+        folders = [RunFolder(seed_folder(work, cfg, repeats), cfg, data_info) for cfg in cfgs]
+        histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
         if checkpoint is not None:
-            last_reports: list[dict[str, Any]] = []
-            with checkpoint.as_directory() as folder:
-                for i, (trainer, cfg) in enumerate(zip(trainers, cfgs, strict=True)):
-                    source = seed_folder(Path(folder), cfg, repeats)
-                    payload, _ = read_checkpoint(source / LAST)
-                    shutil.copyfile(source / BEST, best_paths[i])
-                    trainer.load_state_dict({**payload["trainer"], "model": payload["model"]})
-                    seconds[i] = float(payload["metrics"].get("train_seconds", 0.0))
-                    last_reports.append(payload["metrics"])
+            with checkpoint.as_directory() as source:
+                shutil.copytree(source, work, dirs_exist_ok=True)
+            histories = [folder.restore(trainer) for folder, trainer in zip(folders, trainers, strict=True)]
             log.info("trial resumes after epoch %d of %d", trainers[0].epoch, epochs)
-            if trainers[0].epoch >= epochs:
-                report(combine(last_reports), None)  # finished before the restart: say so again
+            if trainers[0].epoch >= epochs:  # finished before the restart: say so again
+                reports = []
+                for trainer, folder, history in zip(trainers, folders, histories, strict=True):
+                    done = json.loads(folder.summary.read_text()) if folder.summary.exists() else {}
+                    reports.append({**_epoch_report(trainer, history[-1]), **_final_report(done)})
+                report(combine(reports), None)
                 return
+        for folder, trainer in zip(folders, trainers, strict=True):
+            folder.start(trainer)
 
         while trainers[0].epoch < epochs:
-            per_seed, states = [], []
-            for i, (trainer, cfg) in enumerate(zip(trainers, cfgs, strict=True)):
-                start = time.perf_counter()
+            per_seed = []
+            for trainer, folder, history in zip(trainers, folders, histories, strict=True):
                 try:
-                    metrics = trainer.run_epoch()
+                    record = train_epoch(trainer, folder, history)
                 except Diverged as error:
-                    log.warning("trial diverged (seed %d): %s", cfg.seed, error)
-                    report(_diverged_result(trainer, error, sum(seconds)), None)
+                    log.warning("trial diverged (seed %d): %s", trainer.cfg.seed, error)
+                    seconds = sum(h[-1]["train_seconds"] for h in histories if h)
+                    report(_diverged_result(trainer, error, seconds), None)
                     return
-                seconds[i] += time.perf_counter() - start
-                if metrics.pop("is_best"):
-                    save_checkpoint(best_paths[i], cfg, data_info, trainer.model, metrics=metrics)
-                states.append(trainer.state_dict())  # before the test evaluation draws random starts
-                metrics.update(epochs_done=trainer.epoch, best_val_pgd_acc=trainer.best["val_pgd_acc"],
-                               train_seconds=seconds[i])  # fmt: skip
+                result = _epoch_report(trainer, record)
                 if trainer.epoch == epochs:
-                    metrics.update(_final_metrics(trainer, best_paths[i]), seed=cfg.seed)
-                per_seed.append(metrics)
-            combined = combine(per_seed)
-            with tempfile.TemporaryDirectory(prefix="rbp-ckpt-", dir=work) as folder:
-                for i, (trainer, cfg) in enumerate(zip(trainers, cfgs, strict=True)):
-                    target = seed_folder(Path(folder), cfg, repeats)
-                    target.mkdir(parents=True, exist_ok=True)
-                    trainer_state = {k: v for k, v in states[i].items() if k != "model"}
-                    save_checkpoint(target / LAST, cfg, data_info, trainer.model, trainer_state, per_seed[i])
-                    shutil.copyfile(best_paths[i], target / BEST)
-                report(combined, Path(folder))
+                    result.update(_final_report(summarise(trainer, folder)), seed=trainer.cfg.seed)
+                per_seed.append(result)
+            with tempfile.TemporaryDirectory(prefix="rbp-ckpt-", dir=work.parent) as folder:
+                shutil.copytree(work, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(files.LOCK))
+                report(combine(per_seed), Path(folder))
 
 
 def train_trial(config: dict[str, Any]) -> None:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from rbp.base.errors import RbpError
+from rbp.base.metrics import pgd_key
 
 if TYPE_CHECKING:
-    from rbp.export import SizeBreakdown
+    from rbp.artefacts.sizes import SizeBreakdown
 
 log = logging.getLogger("rbp")
 
@@ -36,7 +37,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from rbp.config.load import load_config
-    from rbp.run import train_run
+    from rbp.runs.epochs import train_run
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -48,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
     steps = cfg.eval.test_pgd_steps
     print(
         f"test clean accuracy {summary['test_clean_acc']:.4f}   "
-        f"test PGD-{steps} accuracy {summary[f'test_pgd{steps}_acc']:.4f} "
+        f"test PGD-{steps} accuracy {summary[pgd_key(steps)]:.4f} "
         f"({cfg.attack.norm} eps {cfg.attack.eps:.4g})"
     )
     if "test_autoattack_acc" in summary:
@@ -64,12 +65,12 @@ def _eval(args: argparse.Namespace) -> int:
     _check_out(args.out, "--out")  # before the long computation: its result must not be thrown away
     import torch
 
+    from rbp.artefacts.load import load_any
     from rbp.config.load import from_dict
     from rbp.data import Batches, Split, load_splits, to_unit_float
     from rbp.evaluate import accuracy, autoattack_accuracy
-    from rbp.export import load_any
-    from rbp.run import write_text_atomic
-    from rbp.train import resolve_device
+    from rbp.runs.folder import write_text_atomic
+    from rbp.train.trainer import resolve_device
 
     device = resolve_device(args.device)
     model, cfg = load_any(args.checkpoint, device)  # a checkpoint or an exported .rbpz
@@ -122,7 +123,7 @@ def _check_out(path: Path | None, option: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from rbp.export import export_run
+    from rbp.artefacts.export import export_run
 
     _check_out(args.out, "--out")
     out, _, sizes = export_run(args.source, args.out)
@@ -143,7 +144,8 @@ def _bytes(bits: float) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from rbp.export import read_artefact, size_breakdown
+    from rbp.artefacts.reader import read_artefact
+    from rbp.artefacts.sizes import size_breakdown
 
     artefact = read_artefact(args.artefact)  # validates everything, builds no model
     header, cfg, data = artefact.header, artefact.config, artefact.header["data_info"]
@@ -184,9 +186,9 @@ def _print_sizes(sizes: SizeBreakdown) -> None:
 
 
 def _render(spec) -> None:
-    from rbp.figures import write_figures
+    from rbp.ablation.figures import write_figures
+    from rbp.ablation.tables import write_tables
     from rbp.results import read_results
-    from rbp.tables import write_tables
 
     results = read_results(spec.folder / "rows")
     tables = write_tables(spec, results)
@@ -196,7 +198,8 @@ def _render(spec) -> None:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from rbp.ablation import load_spec, run_ablation
+    from rbp.ablation.jobs import load_spec
+    from rbp.ablation.runner import run_ablation
 
     spec = load_spec(args.spec, args.overrides)
     ran = run_ablation(spec, address=args.address)
@@ -206,7 +209,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _tables(args: argparse.Namespace) -> int:
-    from rbp.ablation import load_spec
+    from rbp.ablation.jobs import load_spec
 
     _render(load_spec(args.spec, args.overrides))
     return 0

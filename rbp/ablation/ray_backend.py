@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rbp.ablation import Job, run_job
+from rbp.ablation.execute import run_job
+from rbp.ablation.jobs import Job
 from rbp.base.errors import RbpError
 
 log = logging.getLogger(__name__)
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def run_on_ray(pending: list[Job], rows_folder: Path, address: str, keep_seed: int) -> None:
     """Each job one task; HYDRA-style jobs only after the dense runs they start from have finished.
-    Jobs of seed ``keep_seed`` also keep their model (:func:`rbp.ablation.model_path`).
+    Jobs of seed ``keep_seed`` also keep their model (:func:`rbp.ablation.jobs.model_path`).
 
     A job whose config says ``run.device: cuda`` asks Ray for one GPU, any other one CPU core.
     ``rows_folder`` and the run folders must be on storage every node sees (a shared file system).

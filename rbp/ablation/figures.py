@@ -13,10 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from rbp.ablation import AblationSpec, FigureSpec, base_config, jobs, shape_only_model  # noqa: E402
+from rbp.ablation.jobs import base_config, jobs, shape_only_model
+from rbp.ablation.spec import AblationSpec, FigureSpec  # noqa: E402
+from rbp.ablation.tables import study_rows  # noqa: E402
 from rbp.base.errors import RbpError  # noqa: E402
+from rbp.base.metrics import header  # noqa: E402
 from rbp.results import read_results  # noqa: E402
-from rbp.tables import HEADERS, study_rows  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame)
             ax.axhline(100 * stat, linestyle=("--", ":", "-.")[i % 3], color=f"C{i + 1}", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("kept weights (%)")
-    ax.set_ylabel(HEADERS.get(figure.metric, figure.metric))
+    ax.set_ylabel(header(figure.metric))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")
     return fig
@@ -119,8 +121,8 @@ def _layer_label(name: str, layer: torch.nn.Module) -> str:
 def masks(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
     """Mask patterns of a trained subnet, from the cell's committed model (``models/...rbpz``): each
     layer's kept-weight map (conv: kept count per kernel), one colour bar for all panels."""
-    from rbp.ablation import model_path
-    from rbp.export import load_any
+    from rbp.ablation.jobs import model_path
+    from rbp.artefacts.load import load_any
     from rbp.nn import subnet_layers
 
     job = next((j for j in jobs(spec) if j.cell == figure.cell and j.seed == spec.seeds[0]), None)
@@ -176,7 +178,7 @@ def pareto(figure: FigureSpec) -> plt.Figure:
     ax.step(front["kept_params"], 100 * front[metric], where="post", marker="o", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("kept weights")
-    ax.set_ylabel(HEADERS.get(figure.metric, metric))  # the metric's name, not its rows' column
+    ax.set_ylabel(header(figure.metric))  # the metric's name, not its rows' column
     ax.legend(loc="lower right")
     return fig
 

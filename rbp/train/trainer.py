@@ -1,15 +1,15 @@
 """The Trainer: builds data, model, optimiser and schedule from a config; one call per epoch.
 
-It knows nothing of run folders, Ray or MLflow: callers (``rbp.run``, the Ray trainable) drive
-:meth:`Trainer.run_epoch`, persist :meth:`Trainer.state_dict`, and restore it to resume.
+It knows nothing of run folders, checkpoints, Ray or MLflow: :mod:`rbp.runs.epochs` (shared by
+``rbp train`` and the Ray trainable) drives :meth:`Trainer.run_epoch`, persists
+:meth:`Trainer.state_dict`, and restores it to resume.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -19,18 +19,15 @@ from tqdm import tqdm
 
 from rbp.attacks import bn_mode, pgd, trades_adversary, trades_loss
 from rbp.base.errors import RbpError
-from rbp.checkpoint import build_configured
 from rbp.config.schema import Config
 from rbp.data import Batches, Split, Splits, load_splits
 from rbp.evaluate import accuracy
-from rbp.models import first_non_finite, kept_parameters
+from rbp.models import build_model, first_non_finite, kept_parameters
 from rbp.nn import clip_binary_weights, compile_model, scale_adder_gradients
 from rbp.nn.lcnn import curvature_penalty
-from rbp.step_graph import CapturedStep
+from rbp.train.step_graph import CapturedStep
 
 log = logging.getLogger(__name__)
-
-EpochCallback = Callable[[dict[str, Any]], None]
 
 
 class Diverged(RbpError):
@@ -60,7 +57,16 @@ def _lr_factor(cfg: Config) -> Callable[[int], float]:
 class Trainer:
     """Adversarial (or clean) training of one model; ``epoch`` counts completed epochs."""
 
-    def __init__(self, cfg: Config, *, splits: Splits | None = None, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        splits: Splits | None = None,
+        device: torch.device | None = None,
+        pretrained: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        """``pretrained``: the dense state dict a HYDRA-style config (``init.scheme: pretrained``) keeps
+        as frozen weights (:func:`rbp.artefacts.checkpoint.pretrained_weights` reads it)."""
         self.cfg = cfg
         self.device = device or resolve_device(cfg.run.device)
         self.splits = splits or load_splits(cfg.data)
@@ -68,7 +74,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         info = self.splits.info
         torch.manual_seed(cfg.seed)  # attack random starts draw from the global generator
-        self.model = build_configured(cfg, asdict(info)).to(self.device)
+        self.model = build_model(cfg, info.num_classes, info.input_shape, info.mean, info.std, pretrained)
+        self.model = self.model.to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The training step calls ``net``: the model itself, or its compiled twin sharing its tensors.

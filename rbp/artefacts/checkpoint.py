@@ -126,13 +126,6 @@ def pretrained_weights(cfg: Config) -> dict[str, torch.Tensor] | None:
     return payload["model"]
 
 
-def build_configured(cfg: Config, data_info: dict[str, Any]) -> nn.Module:
-    """:func:`rbp.models.build_model` for ``cfg`` with what its files provide (a pretrained model)."""
-    info = data_info
-    return build_model(cfg, info["num_classes"], tuple(info["input_shape"]), info["mean"], info["std"],
-                       pretrained_weights(cfg))  # fmt: skip
-
-
 def _check_state(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     expected = model.state_dict()
     if set(state) != set(expected):
@@ -152,7 +145,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     payload, cfg = read_checkpoint(path)
     if not isinstance(payload.get("model"), dict):
         raise RbpError(f"checkpoint {path} is tampered: model state missing")
-    model = build_configured(cfg, payload["data_info"])
+    info = payload["data_info"]
+    # A HYDRA-style model's frozen weights came from a dense run, not from its seed: its own state holds
+    # them, so it is rebuilt from the file alone (the dense run's checkpoint need not exist any more).
+    own = payload["model"] if cfg.init.scheme == "pretrained" else None
+    model = build_model(cfg, info["num_classes"], tuple(info["input_shape"]), info["mean"], info["std"], own)
     _check_state(path, model, payload["model"])
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), cfg, payload

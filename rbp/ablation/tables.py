@@ -14,20 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rbp.ablation import LOWER_IS_BETTER, AblationSpec, base_config, jobs
-
-HEADERS = {
-    "test_clean_acc": "clean (%)",
-    "test_pgd20_acc": "PGD-20 (%)",
-    "test_autoattack_acc": "AutoAttack (%)",
-    "best_val_pgd_acc": "val PGD (%)",
-    "val_pgd_acc": "val PGD (%)",
-    "kept_params": "kept weights",
-    "total_params": "weights",
-    "density": "density (%)",
-    "size_kb": "size (KB)",
-}
-PERCENT = {"test_clean_acc", "test_pgd20_acc", "test_autoattack_acc", "best_val_pgd_acc", "density"}
+from rbp.ablation.jobs import base_config, jobs
+from rbp.ablation.spec import AblationSpec
+from rbp.base.metrics import metric
 
 
 @dataclass
@@ -75,13 +64,10 @@ def study_rows(spec: AblationSpec, study: str, results: pd.DataFrame) -> list[Ro
     return rows
 
 
-ACCURACY = {"test_clean_acc", "test_pgd20_acc", "test_autoattack_acc", "best_val_pgd_acc"}
-
-
 def at_chance(row: Row, chance: float) -> bool:
     """A row whose worst accuracy column is at or below guessing (1 / classes): a failed model, which
     must not win a column (e.g. fewest weights) in bold."""
-    means = [stat.mean for column, stat in row.stats.items() if column in ACCURACY and stat is not None]
+    means = [stat.mean for column, stat in row.stats.items() if metric(column).accuracy and stat is not None]
     return bool(means) and min(means) <= chance
 
 
@@ -89,13 +75,13 @@ def _best(rows: list[Row], column: str) -> float | None:
     means = [r.stats[column].mean for r in rows if r.stats.get(column) is not None]
     if not means:
         return None
-    return min(means) if column in LOWER_IS_BETTER else max(means)
+    return max(means) if metric(column).higher_is_better else min(means)
 
 
 def _format(column: str, stat: Stat | None) -> str:
     if stat is None:
         return "—"
-    if column in PERCENT:
+    if metric(column).percent:
         text = f"{100 * stat.mean:.1f}"
         return f"{text} ± {100 * stat.std:.1f}" if stat.n > 1 else text
     if column in ("kept_params", "total_params"):
@@ -143,7 +129,7 @@ def markdown(spec: AblationSpec, study: str, results: pd.DataFrame) -> str:
     """The study as a Markdown table with a caption line and notes for missing results."""
     columns, rows = spec.studies[study].columns, study_rows(spec, study, results)
     lines = [f"**{study}**: {spec.studies[study].caption} ({_seeds_note(spec, study)})", ""]
-    lines.append("| cell | " + " | ".join(HEADERS[c] for c in columns) + " |")
+    lines.append("| cell | " + " | ".join(metric(c).header for c in columns) + " |")
     lines.append("|---|" + "---|" * len(columns))
     for row, texts in zip(rows, _cells(rows, columns, ("**", "**"), _chance(spec)), strict=True):
         lines.append(f"| {row.cell} | " + " | ".join(texts) + " |")
@@ -174,7 +160,7 @@ def latex(spec: AblationSpec, study: str, results: pd.DataFrame) -> str:
         rf"\label{{tab:{label}}}",
         r"\begin{tabular}{l" + "r" * len(columns) + "}",
         r"\toprule",
-        "cell & " + " & ".join(_latex_escape(HEADERS[c]) for c in columns) + r" \\",
+        "cell & " + " & ".join(_latex_escape(metric(c).header) for c in columns) + r" \\",
         r"\midrule",
     ]
     for row, texts in zip(rows, cells, strict=True):

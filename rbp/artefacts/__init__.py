@@ -1,0 +1,1 @@
+"""Artefacts: ``.pt`` checkpoints, the compact ``.rbpz`` export, and loading either."""

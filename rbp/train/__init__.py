@@ -1,0 +1,1 @@
+"""Training: the Trainer (one epoch of adversarial training, validation, its state) and the captured step."""
