@@ -255,7 +255,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
 @pytest.mark.parametrize("argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, argv, needles, capsys, monkeypatch):
     monkeypatch.chdir(ws)
-    monkeypatch.setattr("rbp.tuning.launcher.start_ray", _no_ray)
+    monkeypatch.setattr("rbp.tuning.cluster.start_ray", _no_ray)
     before, names = _snapshot(ws), _tree(ws)
     code = main(argv)
     out, err = capsys.readouterr()
@@ -278,7 +278,7 @@ def test_eval_saves_its_result_before_anything_else_can_fail(ws, tmp_path, monke
     def closed_pipe(*args, **kwargs):
         raise BrokenPipeError
 
-    monkeypatch.setattr("rbp.cli.print", closed_pipe, raising=False)
+    monkeypatch.setattr("rbp.cli.models.print", closed_pipe, raising=False)
     out = tmp_path / "result.json"
     with pytest.raises(BrokenPipeError):
         main(["eval", str(ws / "run" / "best.pt"), "--attack", "clean", "--samples", "20", "--out", str(out)])

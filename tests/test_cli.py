@@ -160,7 +160,7 @@ def test_existing_run_is_never_overwritten_by_accident(run_dir, capsys):
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
     exe = Path(sys.executable).with_name("rbp")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "rbp.cli"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "rbp"]
     proc = subprocess.run(
         [*command, "train", "--set", "sparsity.density=1.2"],
         capture_output=True,

@@ -50,15 +50,15 @@ def test_digits_are_sklearns_images_and_labels_without_importing_sklearn() -> No
     import subprocess
     import sys
 
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits as sklearn_digits
 
-    from rbp.data import _load_digits
+    from rbp.data.digits import load_digits
 
-    split, _ = _load_digits()
-    reference = load_digits()
+    split, _ = load_digits()
+    reference = sklearn_digits()
     assert torch.equal(split.x, torch.from_numpy(reference.images).float().div(16).unsqueeze(1))
     assert torch.equal(split.y, torch.from_numpy(reference.target).long())
-    code = "import sys; from rbp.data import _load_digits; _load_digits(); print('sklearn' in sys.modules)"
+    code = "import sys; from rbp.data.digits import load_digits; load_digits(); print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

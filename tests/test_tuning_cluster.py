@@ -151,7 +151,7 @@ def test_search_runs_on_a_two_node_cluster_given_its_address(local_cluster, tmp_
         "concurrency": 2,  # 1 CPU each: one trial per node
     }  # fmt: skip
     spec.write_text(yaml.safe_dump(body))
-    cmd = [sys.executable, "-m", "rbp.cli", "tune", str(spec), "--address", address, "--auth-mode", "disabled",
+    cmd = [sys.executable, "-m", "rbp", "tune", str(spec), "--address", address, "--auth-mode", "disabled",
            "--report-every", "5"]  # fmt: skip
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

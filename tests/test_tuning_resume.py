@@ -27,7 +27,7 @@ from rbp.tuning.study import open_storage, resolve_storage
 
 pytestmark = pytest.mark.slow
 
-RBP = [sys.executable, "-m", "rbp.cli"]
+RBP = [sys.executable, "-m", "rbp"]
 TINY = {"model.width": 8, "train.epochs": 4, "attack.steps": 2, "eval.val_pgd_steps": 2, "eval.test_pgd_steps": 2}
 
 

@@ -21,8 +21,9 @@ import yaml
 from rbp.cli import main
 from rbp.results import read_results
 from rbp.tuning import tracking
+from rbp.tuning.cluster import set_ray_environment
 from rbp.tuning.configkeys import config_keys
-from rbp.tuning.launcher import TuneOptions, _set_ray_environment
+from rbp.tuning.options import TuneOptions
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def ray_environment(folder: Path):
             mp.setenv(key, os.environ.get(key, "recorded"))
             mp.delenv(key)
         mp.chdir(folder)
-        _set_ray_environment(TuneOptions(spec=Path("x"), auth_mode="disabled"))
+        set_ray_environment(TuneOptions(spec=Path("x"), auth_mode="disabled"))
         yield
 
 

@@ -16,7 +16,7 @@ from rbp.ablation.jobs import Job, model_path
 
 def _keep_model(job: Job, run_dir: Path, folder: Path) -> None:
     """Copy the trained model of ``job`` to :func:`model_path`, so every table row can be re-evaluated."""
-    from rbp.artefacts.rbpz import export_run
+    from rbp.artefacts.export import export_run
 
     path = model_path(folder, job)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +30,7 @@ def _keep_model(job: Job, run_dir: Path, folder: Path) -> None:
 def run_job(job: Job, rows_folder: Path, keep_model: bool = False) -> dict[str, Any]:
     """Train one cell × seed (resuming its folder if a run was cut short) and write its row; with
     ``keep_model`` its model also goes to :func:`model_path` (for the first seed of a spec)."""
-    from rbp.run import train_run
+    from rbp.runs.epochs import train_run
     from rbp.train.trainer import Diverged
 
     try:

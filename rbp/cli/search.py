@@ -1,0 +1,102 @@
+"""``rbp tune`` and ``rbp best``: a search with Ray Tune + Optuna tracked in MLflow; its best configs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rbp.base.errors import RbpError
+from rbp.cli.options import add_overrides
+
+if TYPE_CHECKING:
+    pass
+from rbp.cli.models import check_out
+
+
+def _tune(args: argparse.Namespace) -> int:
+    # Ray, Optuna and MLflow load only here (and in rbp.tuning): `rbp train` works without them.
+    from rbp.tuning.launcher import run_tune
+    from rbp.tuning.options import TuneOptions, default_spec
+
+    options = TuneOptions(
+        spec=args.spec or default_spec(),
+        address=args.address,
+        tracking_uri=args.tracking_uri,
+        resume=args.resume,
+        study_storage=args.study_storage,
+        warm_start=args.warm_start,
+        results=args.results,
+        storage=args.storage,
+        num_cpus=args.num_cpus,
+        overrides=args.overrides,
+        trials=args.trials,
+        report_every=args.report_every,
+        auth_mode=args.auth_mode,
+        verbose=args.verbose,
+    )
+    try:
+        return run_tune(options)
+    except KeyboardInterrupt:
+        print(f"rbp: interrupted; `rbp tune {options.spec} --resume` continues the search", file=sys.stderr)
+        return 130
+
+
+def _best(args: argparse.Namespace) -> int:
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise RbpError("rbp best needs the tuning extras (mlflow is missing): pip install -e '.[tune]'") from None
+    from rbp.tuning import tracking
+    from rbp.tuning.best import best_runs, best_table, check_selection_metric, ties, write_config
+
+    check_out(args.write, "--write")
+    if args.top < 1:
+        raise RbpError(f"--top must be at least 1, got {args.top}")
+    check_selection_metric(args.metric, args.allow_test_selection)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, args.results)
+    tracking.check_tracking_uri(uri, must_exist=True)
+    ranked = best_runs(uri, args.experiment, args.metric, args.mode, args.top)
+    print(best_table(ranked, args.metric))
+    tied = ties(ranked)
+    if len(tied) > 1:
+        print(f"tie: {len(tied)} trials share the best {args.metric} ({tied[0].value:.4g}); "
+              f"--write takes the first listed, {tied[0].run.info.run_name.split(' ')[0]}")  # fmt: skip
+    if args.write is not None:
+        write_config(ranked[0].config, args.write)
+        print(f"wrote {args.write} ({ranked[0].run.info.run_name.split(' ')[0]}, {args.metric} {ranked[0].value:.4g}); "
+              f"retrain it with: rbp train --config {args.write}")  # fmt: skip
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``rbp tune`` and ``rbp best`` to the ``rbp`` parser's commands."""
+    tune = commands.add_parser("tune", help="hyperparameter search from a spec (Ray Tune + Optuna, MLflow tracking)")
+    tune.add_argument("spec", type=Path, nargs="?", help="search spec YAML (default: tune/digits.yaml)")
+    tune.add_argument("--address", help="Ray cluster to run on: auto, HOST:PORT or ray://HOST:PORT (default: local)")
+    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///results/mlflow.db)")
+    tune.add_argument("--resume", action="store_true", help="continue the spec's interrupted search (Ray checkpoints)")
+    tune.add_argument(
+        "--study-storage", help="Optuna storage: SQLAlchemy URL or journal file (default: results/optuna.db)"
+    )
+    tune.add_argument("--warm-start", metavar="EXPERIMENT", help="first try the top configs of this MLflow experiment")
+    tune.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    tune.add_argument("--storage", help="Ray storage for checkpoints: a shared path or s3://... (default: results/ray)")
+    tune.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    tune.add_argument("--trials", type=int, help="trials the search should hold (more than it has: extends it)")
+    add_overrides(tune, "fix a core-config key in every trial, e.g. --set train.epochs=5 (repeatable)")
+    tune.add_argument("--report-every", type=int, default=30, help="seconds between progress tables (default 30)")
+    tune.add_argument("--auth-mode", choices=("token", "disabled"), help="RAY_AUTH_MODE (default: see docs/cluster.md)")
+    tune.set_defaults(handler=_tune)
+
+    best = commands.add_parser("best", help="the best runs of an MLflow experiment; --write a config to retrain")
+    best.add_argument("--experiment", required=True, help="MLflow experiment (the spec's `experiment`)")
+    best.add_argument("--metric", default="best_val_pgd_acc", help="rank by this metric (default best_val_pgd_acc)")
+    best.add_argument("--allow-test-selection", action="store_true", help="allow ranking by a test_* metric")
+    best.add_argument("--mode", choices=("max", "min"), default="max")
+    best.add_argument("--top", type=int, default=5)
+    best.add_argument("--write", type=Path, help="write the best run's config here (YAML for rbp train --config)")
+    best.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///results/mlflow.db)")
+    best.add_argument("--results", type=Path, default=Path("results"), help="where the default store lives")
+    best.set_defaults(handler=_best)

@@ -1,0 +1,50 @@
+"""``rbp train``: train one config in its run folder (or print the resolved config)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from rbp.base.metrics import pgd_key
+from rbp.cli.options import add_config_args
+
+if TYPE_CHECKING:
+    pass
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rbp.config.load import load_config
+    from rbp.runs.epochs import train_run
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    if args.quiet:
+        cfg.run.progress = False
+    summary = train_run(cfg, resume=args.resume, overwrite=args.overwrite)
+    steps = cfg.eval.test_pgd_steps
+    print(
+        f"test clean accuracy {summary['test_clean_acc']:.4f}   "
+        f"test PGD-{steps} accuracy {summary[pgd_key(steps)]:.4f} "
+        f"({cfg.attack.norm} eps {cfg.attack.eps:.4g})"
+    )
+    if "test_autoattack_acc" in summary:
+        print(f"test AutoAttack accuracy {summary['test_autoattack_acc']:.4f}")
+    print(
+        f"kept weights {summary['kept_params']:,} of {summary['total_params']:,} "
+        f"({summary['density']:.2%})   run folder {summary['run_dir']}"
+    )
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``rbp train`` to the ``rbp`` parser's commands."""
+    train = commands.add_parser("train", help="train a model (default: subnet conv net on digits, PGD)")
+    add_config_args(train)
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    again.add_argument("--overwrite", action="store_true", help="start the run again, replacing its folder")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config (every key) and exit")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
