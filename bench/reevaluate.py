@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if job.seed != spec.seeds[0] or not model.is_file() or model in seen:
             continue
         seen.add(model)
-        row = rows[rows["run_id"] == job.config.run_id()].iloc[0]
+        row = rows[rows["run_id"] == job.run_id].iloc[0]
         clean = evaluate(model, "clean", None, out_dir / f"{model.stem}.clean.json")["clean_acc"]
         text = f"| {model.name} | {100 * row['test_clean_acc']:.2f} / {100 * clean:.2f}"
         failed |= clean != row["test_clean_acc"]

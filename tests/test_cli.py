@@ -44,6 +44,24 @@ def test_train_prints_accuracy_and_kept_weights(tmp_path, capsys):
     assert f"{summary['kept_params']:,}" in out
 
 
+def test_quiet_train_prints_only_its_result(tmp_path):
+    """`rbp train --quiet`: no informational lines on stderr (the data line included), the result on stdout."""
+    command = [
+        sys.executable,
+        "-m",
+        "rbp",
+        "train",
+        *FAST,
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f"run.out_dir={tmp_path}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and "test clean accuracy" in done.stdout
+
+
 def test_resume_of_a_finished_run_trains_nothing(run_dir, capsys):
     args = ["train", *FAST, "--set", f"run.out_dir={run_dir.parent}", "--resume"]
     assert main(args) == 0
@@ -74,6 +92,28 @@ def test_eval_pgd_with_restarts(run_dir, tmp_path, capsys):
     assert 0 <= result["pgd_acc"] <= result["clean_acc"] <= 1
     summary = json.loads((run_dir / "summary.json").read_text())
     assert result["clean_acc"] == pytest.approx(summary["test_clean_acc"])
+
+
+def test_eval_steps_as_the_run_evaluated_unless_told(tmp_path):
+    """The PGD step of `rbp eval` is the checkpoint's eval.step_scale * eps / steps, as training evaluated."""
+    args = [
+        "train",
+        *FAST,
+        "--set",
+        f"run.out_dir={tmp_path}",
+        "--set",
+        "eval.step_scale=1.0",
+        "--set",
+        "train.epochs=1",
+    ]
+    assert main(args) == 0
+    (folder,) = tmp_path.iterdir()
+    result_file, told_file = tmp_path / "eval.json", tmp_path / "told.json"
+    command = ["eval", str(folder / "best.pt"), "--steps", "4", "--samples", "20"]
+    assert main([*command, "--out", str(result_file)]) == 0
+    assert json.loads(result_file.read_text())["step_size"] == pytest.approx(1.0 * 0.1 / 4)  # digits eps 0.1
+    assert main([*command, "--step-size", "0.05", "--out", str(told_file)]) == 0
+    assert json.loads(told_file.read_text())["step_size"] == 0.05
 
 
 @pytest.mark.slow

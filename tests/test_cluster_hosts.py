@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from rbp.results import read_results
-from rbp.tuning import tracking
+from rbp.tuning import keys, tracking
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -158,12 +158,14 @@ def epochs_done(search: Path, trial_dir: str) -> int:
 
 
 def kill_when_mid_trial(hosts: nshosts.Hosts, victim: nshosts.Host, storage: Path, job, timeout: float) -> set[str]:
-    """Kill ``victim`` once a trial there has a registered checkpoint but not its last; returns its trials then."""
+    """Kill ``victim`` once every trial there has a registered checkpoint but not its last (the assertion
+    after the kill is about each of them); returns its trials then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and job.poll() is None:
         for search in storage.glob("hosts-*"):
             there = running_on(hosts, victim)
-            if any(1 < epochs_done(search, name) < EPOCHS for name in there):  # a checkpoint registered
+            live = [name for name in there if epochs_done(search, name) < EPOCHS]
+            if live and all(epochs_done(search, name) > 1 for name in live):  # each has a registered checkpoint
                 hosts.kill(victim)
                 return there
         time.sleep(0.3)
@@ -247,8 +249,8 @@ def test_search_survives_a_lost_host_on_a_cluster_made_by_ray_up(hosts):
     assert len(rows) == TRIALS and rows["trial_id"].is_unique and set(rows["status"]) == {"finished"}
     client = tracking.client(f"sqlite:///{mnt / 'mlflow.db'}")
     every = tracking.search_all(client, client.get_experiment_by_name("hosts").experiment_id)
-    runs = [r for r in every if tracking.TRIAL_TAG in r.data.tags]  # the trials, not the search's parent run
-    assert sorted(r.data.tags[tracking.TRIAL_TAG] for r in runs) == sorted(rows["trial_id"])
+    runs = [r for r in every if keys.TRIAL_TAG in r.data.tags]  # the trials, not the search's parent run
+    assert sorted(r.data.tags[keys.TRIAL_TAG] for r in runs) == sorted(rows["trial_id"])
     assert {r.info.status for r in every} == {"FINISHED"}
 
     # Trials ran on both workers (never on the head); those cut off resumed after their last epoch.

@@ -11,12 +11,13 @@ import pytest
 import torch
 from fakedata import idx_bytes, idx_image, write_idx, write_idx_set
 
-from rbp import data as data_module
 from rbp.base.errors import RbpError
 from rbp.cli import main
 from rbp.config.load import load_config
 from rbp.config.schema import DataConfig, data_shape
-from rbp.data import FASHION_MNIST_DEBIAN_ROOT, load_splits
+from rbp.data import load_splits
+from rbp.data import splits as data_module  # where the loader reads the default root
+from rbp.data.idx import FASHION_MNIST_DEBIAN_ROOT
 
 
 @pytest.fixture

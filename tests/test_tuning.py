@@ -25,6 +25,7 @@ from rbp.cli import main
 from rbp.config.load import load_config
 from rbp.config.schema import Config
 from rbp.results import read_results
+from rbp.tuning import keys
 from rbp.tuning.best import check_selection_metric, config_from_params
 from rbp.tuning.configkeys import config_keys, config_value_text, flatten_config, parse_config_value
 from rbp.tuning.progress import progress_table
@@ -498,13 +499,13 @@ def test_recorder_records_each_end_once_with_its_status(tmp_path):
                                         "t-nan": "diverged"}  # fmt: skip
     assert rows.loc["t-done", "test_pgd2_acc"] >= 0 and rows.loc["t-done", "artifact_bytes"] > 0
     assert "nan" in rows.loc["t-nan", "reason"] and "ActorDiedError" in rows.loc["t-err", "reason"]
-    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.search_all(client, experiment_id)}
+    runs = {r.data.tags[keys.TRIAL_TAG]: r for r in tracking.search_all(client, experiment_id)}
     assert len(runs) == 5 and runs["t-done"].info.run_id == rows.loc["t-done", "mlflow_run_id"]
     status = {trial: run.info.status for trial, run in runs.items()}
     assert status == {"t-done": "FINISHED", "t-asha": "FINISHED", "t-nan": "FAILED", "t-err": "FAILED",
                       "t-open": "KILLED"}  # fmt: skip
-    assert runs["t-nan"].data.tags[tracking.REASON_TAG].startswith("training diverged")
-    assert runs["t-done"].data.tags[tracking.SAMPLED_TAG] == '{"train.lr": 0.05}'
+    assert runs["t-nan"].data.tags[keys.REASON_TAG].startswith("training diverged")
+    assert runs["t-done"].data.tags[keys.SAMPLED_TAG] == '{"train.lr": 0.05}'
 
 
 def test_recorder_hooks_return_before_their_work_which_runs_in_order_and_survives_a_failure(caplog, monkeypatch):

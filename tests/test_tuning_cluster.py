@@ -25,7 +25,7 @@ import yaml
 from test_tuning_resume import marked_pids, stop_marked
 
 from rbp.results import read_results
-from rbp.tuning import tracking
+from rbp.tuning import keys, tracking
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
@@ -160,5 +160,5 @@ def test_search_runs_on_a_two_node_cluster_given_its_address(local_cluster, tmp_
     assert len(rows) == 2 and set(rows["status"]) <= {"finished", "early_stopped"}
     client = tracking.client(tracking.resolve_tracking_uri(None, tmp_path / "results"))
     every = tracking.search_all(client, client.get_experiment_by_name("cluster").experiment_id)
-    runs = [run for run in every if tracking.TRIAL_TAG in run.data.tags]  # the search's parent run aside
+    runs = [run for run in every if keys.TRIAL_TAG in run.data.tags]  # the search's parent run aside
     assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}

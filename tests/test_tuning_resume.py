@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from rbp.results import read_results
-from rbp.tuning import tracking
+from rbp.tuning import keys, tracking
 from rbp.tuning.study import open_storage, resolve_storage
 
 pytestmark = pytest.mark.slow
@@ -143,10 +143,10 @@ def test_killed_driver_then_resume_records_every_trial_once(driver, tmp_path, si
     assert len(set(rows["search"])) == 1  # one search, continued
     client = tracking.client(tracking.resolve_tracking_uri(None, tmp_path / "results"))
     every = tracking.search_all(client, client.get_experiment_by_name("resume").experiment_id)
-    runs = [run for run in every if tracking.TRIAL_TAG in run.data.tags]
-    (parent,) = [run for run in every if tracking.TRIAL_TAG not in run.data.tags]
-    assert {run.data.tags[tracking.PARENT_TAG] for run in runs} == {parent.info.run_id}
-    trial_ids = [run.data.tags[tracking.TRIAL_TAG] for run in runs]
+    runs = [run for run in every if keys.TRIAL_TAG in run.data.tags]
+    (parent,) = [run for run in every if keys.TRIAL_TAG not in run.data.tags]
+    assert {run.data.tags[keys.PARENT_TAG] for run in runs} == {parent.info.run_id}
+    trial_ids = [run.data.tags[keys.TRIAL_TAG] for run in runs]
     assert sorted(trial_ids) == sorted(rows["trial_id"])  # one run per trial: restarts reused theirs
     assert {run.info.status for run in runs} == {"FINISHED"}
     assert {run.info.run_id for run in runs} == set(rows["mlflow_run_id"])
@@ -157,5 +157,5 @@ def test_killed_driver_then_resume_records_every_trial_once(driver, tmp_path, si
     study = optuna.load_study(study_name="resume", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert sorted(rows["study_trial"]) == [0, 1, 2]
-    by_number = {int(run.data.tags[tracking.STUDY_TRIAL_TAG]): run for run in runs}
+    by_number = {int(run.data.tags[keys.STUDY_TRIAL_TAG]): run for run in runs}
     assert {n: by_number[n].data.metrics["val_pgd_acc"] for n in by_number} == {t.number: t.value for t in study.trials}

@@ -20,7 +20,7 @@ import yaml
 
 from rbp.cli import main
 from rbp.results import read_results
-from rbp.tuning import tracking
+from rbp.tuning import keys, tracking
 from rbp.tuning.cluster import set_ray_environment
 from rbp.tuning.configkeys import config_keys
 from rbp.tuning.options import TuneOptions
@@ -78,7 +78,7 @@ def search(tmp_path_factory):
     experiment = client.get_experiment_by_name("e2e")
     return SimpleNamespace(
         root=root, spec=spec, code=code, out=out, uri=uri, client=client,
-        runs=[r for r in tracking.search_all(client, experiment.experiment_id) if tracking.TRIAL_TAG in r.data.tags],
+        runs=[r for r in tracking.search_all(client, experiment.experiment_id) if keys.TRIAL_TAG in r.data.tags],
         rows=read_results(root / "results" / "tune" / "e2e" / "rows"),
     )  # fmt: skip
 
@@ -110,7 +110,7 @@ def test_every_trial_is_one_parquet_row_the_nan_one_diverged(search):
 
 
 def test_every_trial_is_one_mlflow_run_with_params_metrics_tags_artefacts(search):
-    runs = {run.data.tags[tracking.TRIAL_TAG]: run for run in search.runs}
+    runs = {run.data.tags[keys.TRIAL_TAG]: run for run in search.runs}
     assert len(runs) == len(search.runs) == 2
     done = by_status(search.rows, "finished")
     run = runs[done["trial_id"]]
@@ -127,18 +127,14 @@ def test_every_trial_is_one_mlflow_run_with_params_metrics_tags_artefacts(search
     (parent,) = [
         r for r in tracking.search_all(search.client, run.info.experiment_id) if r.info.run_id not in trial_ids
     ]
-    assert {r.data.tags[tracking.PARENT_TAG] for r in search.runs} == {parent.info.run_id}
-    assert (
-        tags[tracking.SPEC_TAG] == str(search.spec)
-        and tags[tracking.GIT_TAG]
-        and tags[tracking.STATUS_TAG] == "finished"
-    )
+    assert {r.data.tags[keys.PARENT_TAG] for r in search.runs} == {parent.info.run_id}
+    assert tags[keys.SPEC_TAG] == str(search.spec) and tags[keys.GIT_TAG] and tags[keys.STATUS_TAG] == "finished"
     # A dense model has no .rbpz (seed + masks): its config is the artefact, and a tag says why.
     assert {a.path for a in search.client.list_artifacts(run.info.run_id)} == {"config.yaml"}
     assert "export is for subnet models" in tags["rbp.artefact"] and pd.isna(done["artifact_bytes"])
     failed = runs[by_status(search.rows, "diverged")["trial_id"]]
-    assert failed.info.status == "FAILED" and failed.data.tags[tracking.STATUS_TAG] == "diverged"
-    assert "nan" in failed.data.tags[tracking.REASON_TAG]
+    assert failed.info.status == "FAILED" and failed.data.tags[keys.STATUS_TAG] == "diverged"
+    assert "nan" in failed.data.tags[keys.REASON_TAG]
 
 
 def test_best_lists_finished_runs_and_writes_a_config_rbp_train_accepts(search, tmp_path, capsys):

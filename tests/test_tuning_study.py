@@ -14,7 +14,7 @@ from test_tuning_search import TINY, tune, write_spec
 
 from rbp.cli import main
 from rbp.results import read_results
-from rbp.tuning import tracking
+from rbp.tuning import keys, tracking
 from rbp.tuning.study import open_storage, resolve_storage
 
 pytestmark = pytest.mark.slow
@@ -26,8 +26,8 @@ def child_runs(root: Path, experiment: str):
     client = tracking.client(tracking.resolve_tracking_uri(None, root / "results"))
     exp = client.get_experiment_by_name(experiment)
     runs = tracking.search_all(client, exp.experiment_id)
-    parents = [r for r in runs if tracking.TRIAL_TAG not in r.data.tags]
-    children = [r for r in runs if tracking.TRIAL_TAG in r.data.tags]
+    parents = [r for r in runs if keys.TRIAL_TAG not in r.data.tags]
+    children = [r for r in runs if keys.TRIAL_TAG in r.data.tags]
     return client, exp, parents, children
 
 
@@ -59,9 +59,9 @@ def test_a_finished_search_is_extended_with_the_sampler_seeing_its_trials(tmp_pa
 
     client, exp, parents, children = child_runs(tmp_path, "extend")
     assert len(parents) == 1 and len(children) == 4
-    assert {r.data.tags[tracking.PARENT_TAG] for r in children} == {parents[0].info.run_id}
-    assert exp.tags[tracking.KIND_TAG] == tracking.KIND and exp.tags[tracking.NOTE_TAG] == body["description"]
-    by_number = {int(r.data.tags[tracking.STUDY_TRIAL_TAG]): r for r in children}
+    assert {r.data.tags[keys.PARENT_TAG] for r in children} == {parents[0].info.run_id}
+    assert exp.tags[keys.KIND_TAG] == keys.KIND and exp.tags[keys.NOTE_TAG] == body["description"]
+    by_number = {int(r.data.tags[keys.STUDY_TRIAL_TAG]): r for r in children}
     for trial in study.trials:
         run = by_number[trial.number]
         assert run.data.metrics["val_pgd_acc"] == pytest.approx(trial.value)
@@ -92,7 +92,7 @@ def test_repeats_train_each_config_with_r_seeds_and_best_shows_mean_and_std(tmp_
     mean = rows["best_val_pgd_acc"].mean()
     assert run.data.metrics["best_val_pgd_acc"] == pytest.approx(mean)
     assert run.data.metrics["best_val_pgd_acc_std"] == pytest.approx(rows["best_val_pgd_acc"].std())
-    assert json.loads(run.data.tags[tracking.SAMPLED_TAG]) == {"train.lr": 0.05}
+    assert json.loads(run.data.tags[keys.SAMPLED_TAG]) == {"train.lr": 0.05}
     capsys.readouterr()
     assert main(["best", "--experiment", "repeats", "--results", str(tmp_path / "results")]) == 0
     table = capsys.readouterr().out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,11 +33,10 @@ class Job:
     cell: str
     seed: int
     config: Config
+    run_id: str  # the config's: where its run folder and result row are found
 
 
-def _cell_config(
-    spec: AblationSpec, cell: CellSpec, seed: int, resolve: dict[str, Callable], shared: dict[str, Any]
-) -> Config:
+def _cell_config(spec: AblationSpec, cell: CellSpec, seed: int, shared: dict[str, Any]) -> Config:
     # Cells run unattended: no progress bars (the run section is not part of the run id).
     items = {
         "run.progress": False,
@@ -49,9 +47,9 @@ def _cell_config(
         "run.out_dir": str(spec.folder / "runs"),
     }
     if cell.baseline == "small_dense":
-        items["model.width"] = resolve["small_dense"](spec, seed)
+        items["model.width"] = _small_dense_width(spec, seed)
     if cell.pretrained_from is not None:
-        items["init.pretrained"] = str(resolve["pretrained"](spec, cell.pretrained_from, seed))
+        items["init.pretrained"] = str(_pretrained_path(spec, cell.pretrained_from, seed))
     try:
         return from_dict(nested(items))
     except RbpError as error:
@@ -100,11 +98,8 @@ def _find_cell(spec: AblationSpec, name: str) -> tuple[CellSpec, StudySpec]:
 
 def _pretrained_path(spec: AblationSpec, name: str, seed: int) -> Path:
     cell, study = _find_cell(spec, name)
-    source = _cell_config(spec, cell, seed, _RESOLVERS, study.set)
+    source = _cell_config(spec, cell, seed, study.set)
     return spec.folder / "runs" / source.run_id() / "best.pt"
-
-
-_RESOLVERS: dict[str, Callable] = {"small_dense": _small_dense_width, "pretrained": _pretrained_path}
 
 
 def jobs(spec: AblationSpec) -> list[Job]:
@@ -113,7 +108,8 @@ def jobs(spec: AblationSpec) -> list[Job]:
     for study_name, study in spec.studies.items():
         for cell in study.all_cells():
             for seed in cell.seeds or spec.seeds:
-                out.append(Job(study_name, cell.name, seed, _cell_config(spec, cell, seed, _RESOLVERS, study.set)))
+                config = _cell_config(spec, cell, seed, study.set)
+                out.append(Job(study_name, cell.name, seed, config, config.run_id()))
     return out
 
 

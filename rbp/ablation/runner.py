@@ -28,14 +28,14 @@ def missing_jobs(spec: AblationSpec) -> list[Job]:
     done = set(table["run_id"]) if "run_id" in table else set()
     unique: dict[str, Job] = {}
     for job in jobs(spec):
-        unique.setdefault(job.config.run_id(), job)
+        unique.setdefault(job.run_id, job)
     return [job for run_id, job in unique.items() if run_id not in done]
 
 
 def run_ablation(spec: AblationSpec, address: str | None = None) -> int:
     """Run the spec's missing cells (serially, or as Ray tasks on ``address``); returns how many ran."""
     pending = _run_order(missing_jobs(spec))
-    total = len({job.config.run_id() for job in jobs(spec)})
+    total = len({job.run_id for job in jobs(spec)})
     log.info("ablation %s: %d of %d runs missing", spec.name, len(pending), total)
     rows_folder = spec.folder / "rows"
     if address is None or not pending:

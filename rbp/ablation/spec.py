@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from rbp.base.errors import RbpError
+from rbp.base.errors import RbpError, StrictModel, first_problem
 from rbp.base.metrics import TABLE_METRICS, is_table_metric
 from rbp.config.io import parse_override, read_yaml_mapping
 
@@ -25,11 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CellSpec(_Strict):
+class CellSpec(StrictModel):
     name: str
     set: dict[str, Any] = Field(default_factory=dict, description="dotted core-config overrides")
     baseline: Literal["small_dense"] | None = None
@@ -39,7 +35,7 @@ class CellSpec(_Strict):
     )
 
 
-class StudySpec(_Strict):
+class StudySpec(StrictModel):
     caption: str = ""
     set: dict[str, Any] = Field(default_factory=dict, description="overrides shared by the study's cells")
     cells: list[CellSpec] = Field(default_factory=list)
@@ -70,7 +66,7 @@ class StudySpec(_Strict):
         return [*self.cells, *grid_cells]
 
 
-class FigureSpec(_Strict):
+class FigureSpec(StrictModel):
     kind: Literal["density_sweep", "layer_densities", "masks", "pareto"]
     study: str | None = Field(None, description="density_sweep: the study whose cells vary the density")
     baselines: list[str] = Field(default_factory=list, description="density_sweep: cells drawn as lines")
@@ -81,7 +77,7 @@ class FigureSpec(_Strict):
     name: str | None = None
 
 
-class AblationSpec(_Strict):
+class AblationSpec(StrictModel):
     name: str
     description: str = ""
     results: Path | None = Field(None, description="folder of rows, runs, tables, figures; default results/<name>")
@@ -127,9 +123,7 @@ def read_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     try:
         spec = AblationSpec.model_validate(tree)
     except ValidationError as error:
-        first = min(error.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo before what it hides
-        where = ".".join(str(p) for p in first["loc"])
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        where, message = first_problem(error)
         raise RbpError(f"ablation spec {path}: {where}: {message}") from None
     return spec
 

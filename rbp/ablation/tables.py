@@ -30,8 +30,6 @@ class Stat:
 class Row:
     cell: str
     stats: dict[str, Stat | None]
-    seeds_expected: int
-    seeds_found: int
     notes: list[str] = field(default_factory=list)
 
 
@@ -41,7 +39,7 @@ def study_rows(spec: AblationSpec, study: str, results: pd.DataFrame) -> list[Ro
     by_cell: dict[str, list[str]] = {}
     for job in jobs(spec):
         if job.study == study:
-            by_cell.setdefault(job.cell, []).append(job.config.run_id())
+            by_cell.setdefault(job.cell, []).append(job.run_id)
     rows = []
     for cell, run_ids in by_cell.items():
         found = results[results["run_id"].isin(run_ids)] if "run_id" in results else pd.DataFrame()
@@ -55,7 +53,7 @@ def study_rows(spec: AblationSpec, study: str, results: pd.DataFrame) -> list[Ro
                 stats[column] = Stat(sum(values) / len(values), float(std), len(values))
             else:
                 stats[column] = None
-        row = Row(cell, stats, len(run_ids), len(finished))
+        row = Row(cell, stats)
         if len(found) > len(finished):
             row.notes.append(f"{len(found) - len(finished)} run(s) diverged")
         if len(found) < len(run_ids):

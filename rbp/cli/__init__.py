@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+        # --quiet: only errors and the result (set on every call: tests run several commands in one process).
+        logging.getLogger("rbp").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.NOTSET)
         _check_positive(args)
         return args.handler(args)
     except RbpError as error:

@@ -51,7 +51,8 @@ def _eval(args: argparse.Namespace) -> int:
         result.update(clean_acc=aa["clean_acc"], autoattack_acc=aa["autoattack_acc"])
     else:
         steps = args.steps if args.attack == "pgd" else 0
-        step_size = args.step_size or (2.5 * eps / steps if steps else 0.0)
+        # The run's own evaluation step (eval.step_scale), as its validation and test attacks used.
+        step_size = args.step_size or (cfg.eval.step_scale * eps / steps if steps else 0.0)
         torch.manual_seed(args.seed)
         batches = Batches(Split(x, y), args.batch_size, device=device)
         result.update(
@@ -146,7 +147,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--steps", type=int, default=20, help="PGD steps")
     ev.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
     ev.add_argument("--eps", type=float, help="radius in pixel units; default: the run's attack.eps")
-    ev.add_argument("--step-size", type=float, help="PGD step; default 2.5 * eps / steps")
+    ev.add_argument("--step-size", type=float, help="PGD step; default: the run's eval.step_scale * eps / steps")
     ev.add_argument("--norm", choices=("linf", "l2"), help="default: the run's attack.norm")
     ev.add_argument("--split", choices=("test", "val"), default="test")
     ev.add_argument("--samples", type=int, help="only the first N images of the split")

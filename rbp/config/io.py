@@ -11,18 +11,14 @@ from pydantic import (
     ValidationError,
 )
 
-from rbp.base.errors import RbpError
+from rbp.base.errors import RbpError, first_problem
 
 
 def config_error(error: ValidationError) -> str:
-    """One line naming the first bad field, its problem and the value given."""
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-after"))
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key (`rbp train --print-config` lists every key)"
-    elif "input" in first and first["type"] != "missing" and not isinstance(first["input"], dict):
-        message += f" (got {first['input']!r})"
+    """One line naming the bad field, its problem and the value given."""
+    field, message = first_problem(error)
+    if message == "unknown key":
+        message += " (`rbp train --print-config` lists every key)"
     return f"config error: {field or 'config'}: {message}"
 
 

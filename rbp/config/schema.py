@@ -132,7 +132,13 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     arch: str = "convnet"
     mode: Literal["subnet", "binary", "dense", "adder"] = "subnet"
-    width: int | None = Field(None, gt=0, description="base width; None is the architecture's default")
+    width: int | None = Field(
+        None,
+        gt=0,
+        description="None: the architecture's default (or the data set's recipe for convnet). "
+        "mlp: hidden units (256); convnet: channels of the first conv, the second has twice as many (32); "
+        "resnet*: channels of the first stage, doubled at each stage (64); wrn34_10: the widen factor (10)",
+    )
     last_bn: Literal["none", "nonaffine", "lipschitz"] = Field("nonaffine", description="BN over the logits")
     activation: Literal["relu", "centered_softplus"] = "relu"
     norm: Literal["batchnorm", "lipschitz"] = Field("batchnorm", description="hidden BNs; lipschitz caps their gain")

@@ -26,7 +26,7 @@ from rbp.base.metrics import pgd_key
 from rbp.config.io import nested
 from rbp.config.load import from_dict
 from rbp.config.schema import Config
-from rbp.tuning import tracking
+from rbp.tuning import keys, tracking
 from rbp.tuning.configkeys import config_keys, parse_config_value
 from rbp.tuning.report import format_table, short_names
 
@@ -81,7 +81,7 @@ def best_runs(uri: str, experiment: str, metric: str, mode: str, top: int) -> li
     exp = tracking.find_experiment(mlflow, experiment)
     newest: dict[str, Run] = {}
     for run in tracking.search_all(mlflow, exp.experiment_id, "attributes.status = 'FINISHED'"):
-        trial_id = run.data.tags.get(tracking.TRIAL_TAG)
+        trial_id = run.data.tags.get(keys.TRIAL_TAG)
         if trial_id is None:
             continue  # the search's parent run
         if trial_id not in newest or (run.info.end_time or 0) > (newest[trial_id].info.end_time or 0):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rbp.base.errors import RbpError
-from rbp.tuning import tracking
+from rbp.tuning import keys, tracking
 from rbp.tuning.options import Search
 from rbp.tuning.spec import LoadedSpec, load_spec
 
@@ -60,13 +60,13 @@ def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> Search
     storage = studies.open_storage(url)
     study = studies.open_study(storage, spec.experiment, spec.modes, create=not opts.resume)
     attrs = study.user_attrs
-    if opts.resume and studies.RAY_ATTR not in attrs:
+    if opts.resume and keys.RAY_ATTR not in attrs:
         raise RbpError(f"no search of experiment {spec.experiment!r} to resume; run without --resume")
-    uri = attrs.get(studies.TRACKING_ATTR) or tracking.resolve_tracking_uri(opts.tracking_uri, results)
+    uri = attrs.get(keys.TRACKING_ATTR) or tracking.resolve_tracking_uri(opts.tracking_uri, results)
     if opts.tracking_uri is not None and tracking.resolve_tracking_uri(opts.tracking_uri, results) != uri:
         raise RbpError(f"search {spec.experiment} logs to {uri}; continue it with that --tracking-uri (or none)")
     tracking.check_tracking_uri(uri)
-    runs_dir = Path(attrs.get(studies.RUNS_ATTR) or results / "tune" / spec.experiment / "rows")
+    runs_dir = Path(attrs.get(keys.RUNS_ATTR) or results / "tune" / spec.experiment / "rows")
     log.info("study %s in %s (optuna-dashboard %s)", spec.experiment, url, url)
     return Search(study, storage, url, uri, runs_dir)
 
@@ -77,18 +77,17 @@ def _open_tracking(search: Search, loaded: LoadedSpec) -> None:
     Seconds on a new store (MLflow migrates a fresh database) plus the imports of MLflow and the
     trial recorder (torch), so :func:`run_tune` runs it while Ray starts.
     """
-    from rbp.tuning import study as studies
     from rbp.tuning.record import TrialRecorder  # noqa: F401  (torch and the recorder load here, off the main thread)
 
     spec = loaded.spec
     client = tracking.client(search.tracking_uri)
     search.experiment_id = tracking.ensure_experiment(client, spec.experiment, search.tracking_uri, spec.description)
-    parent = search.study.user_attrs.get(studies.PARENT_ATTR)
+    parent = search.study.user_attrs.get(keys.PARENT_ATTR)
     if parent is None:
         parent = tracking.create_parent_run(client, search.experiment_id, loaded, search.storage_url)
-        search.study.set_user_attr(studies.TRACKING_ATTR, search.tracking_uri)
-        search.study.set_user_attr(studies.RUNS_ATTR, str(search.runs_dir))
-        search.study.set_user_attr(studies.PARENT_ATTR, parent)
+        search.study.set_user_attr(keys.TRACKING_ATTR, search.tracking_uri)
+        search.study.set_user_attr(keys.RUNS_ATTR, str(search.runs_dir))
+        search.study.set_user_attr(keys.PARENT_ATTR, parent)
     search.parent_run_id = parent
 
 
@@ -123,7 +122,7 @@ def run_tune(opts: TuneOptions) -> int:
     else:
         check_trial_fits(spec.resources, opts.spec, local_cpus(opts))
     search = _open_search(opts, loaded, results)
-    restore = search.study.user_attrs.get(studies.RAY_ATTR) if opts.resume else None
+    restore = search.study.user_attrs.get(keys.RAY_ATTR) if opts.resume else None
     if not opts.resume:
         abandoned = studies.abandon_running(search.study)
         if abandoned:
@@ -158,7 +157,7 @@ def run_tune(opts: TuneOptions) -> int:
         remaining = spec.trials - len(studies.ended(search.study))
         if remaining > 0:
             name = f"{spec.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-            search.study.set_user_attr(studies.RAY_ATTR, join_storage(storage, name))
+            search.study.set_user_attr(keys.RAY_ATTR, join_storage(storage, name))
             code = run_once(loaded, opts, search, storage, None, started, name, remaining)
             if code:
                 return code

@@ -42,10 +42,10 @@ from rbp.base.errors import RbpError
 from rbp.base.metrics import pgd_key
 from rbp.base.version import __version__
 from rbp.results import git_commit, read_results, result_row, write_row
-from rbp.tuning import tracking
+from rbp.tuning import keys, tracking
 from rbp.tuning.configkeys import config_value_text, flatten_config
-from rbp.tuning.study import TRIAL_KEY
-from rbp.tuning.trainable import REPEATS_KEY, repeat_configs, seed_folder, trial_config
+from rbp.tuning.keys import REPEATS_KEY, TRIAL_KEY
+from rbp.tuning.trainable import repeat_configs, seed_folder, trial_config
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -131,15 +131,15 @@ class TrialRecorder(Callback):
         """MLflow run id of ``trial_id``: cached, found by tag, or created with its params."""
         if trial_id in self._runs:
             return self._runs[trial_id]
-        run = tracking.newest_run(self.client, self.experiment_id, {tracking.TRIAL_TAG: trial_id})
+        run = tracking.newest_run(self.client, self.experiment_id, {keys.TRIAL_TAG: trial_id})
         number = config.get(TRIAL_KEY)
         if run is None and number is not None and self.parent_run_id:
             # A driver killed before Ray saved its state: the resumed search runs the same Optuna
             # trial under a new Ray trial id. One MLflow run per study trial: adopt the old one.
-            study_trial = {tracking.PARENT_TAG: self.parent_run_id, tracking.STUDY_TRIAL_TAG: str(number)}
+            study_trial = {keys.PARENT_TAG: self.parent_run_id, keys.STUDY_TRIAL_TAG: str(number)}
             run = tracking.newest_run(self.client, self.experiment_id, study_trial)
             if run is not None:
-                self.client.set_tag(run.info.run_id, tracking.TRIAL_TAG, trial_id)
+                self.client.set_tag(run.info.run_id, keys.TRIAL_TAG, trial_id)
         if run is None:
             run = self._create_run(trial_id, config)
         if not run.data.params:  # created by a driver that died before logging them
@@ -149,20 +149,20 @@ class TrialRecorder(Callback):
 
     def _create_run(self, trial_id: str, config: dict[str, Any]):
         tags = {
-            tracking.TRIAL_TAG: trial_id,
-            tracking.SEARCH_TAG: self.search,
-            tracking.SPEC_TAG: self.spec_path,
-            tracking.SEARCHED_TAG: json.dumps(self.searched),
-            tracking.SAMPLED_TAG: json.dumps(sampled_values(config, self.searched)),
-            tracking.RUN_ID_TAG: trial_config(config).run_id(),
-            tracking.GIT_TAG: git_commit(),
-            tracking.STUDY_TRIAL_TAG: str(config.get(TRIAL_KEY, "")),
+            keys.TRIAL_TAG: trial_id,
+            keys.SEARCH_TAG: self.search,
+            keys.SPEC_TAG: self.spec_path,
+            keys.SEARCHED_TAG: json.dumps(self.searched),
+            keys.SAMPLED_TAG: json.dumps(sampled_values(config, self.searched)),
+            keys.RUN_ID_TAG: trial_config(config).run_id(),
+            keys.GIT_TAG: git_commit(),
+            keys.STUDY_TRIAL_TAG: str(config.get(TRIAL_KEY, "")),
             "rbp.repeats": str(config.get(REPEATS_KEY) or 1),
             "rbp.version": __version__,
             "mlflow.source.name": "rbp tune",
         }
         if self.parent_run_id:
-            tags[tracking.PARENT_TAG] = self.parent_run_id
+            tags[keys.PARENT_TAG] = self.parent_run_id
         return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name(config, self.searched))
 
     def _log_params(self, run_id: str, config: dict[str, Any]) -> None:
@@ -233,12 +233,12 @@ class TrialRecorder(Callback):
         kept = checkpoint if status in ("finished", "early_stopped") else None
         cfgs = repeat_configs(config)
         sizes = self._log_artifacts(run_id, cfgs, kept)
-        self.client.set_tag(run_id, tracking.STATUS_TAG, status)
+        self.client.set_tag(run_id, keys.STATUS_TAG, status)
         for key in _CONSTANTS:
             if isinstance(last.get(key), (int, float)) and last[key] == last[key]:
                 self.client.set_tag(run_id, key, f"{last[key]:.6g}")
         if reason:
-            self.client.set_tag(run_id, tracking.REASON_TAG, reason[:5000])
+            self.client.set_tag(run_id, keys.REASON_TAG, reason[:5000])
         run = self.client.get_run(run_id)
         per_seed = last.get("per_seed") or [last]
         for i, seed_cfg in enumerate(cfgs[: len(per_seed)]):
@@ -318,7 +318,7 @@ class TrialRecorder(Callback):
             if not trial_id:
                 continue  # never reported: nothing to record
             has_row = any(self.runs_dir.glob(f"{trial_id}*.parquet"))
-            run = tracking.newest_run(self.client, self.experiment_id, {tracking.TRIAL_TAG: trial_id})
+            run = tracking.newest_run(self.client, self.experiment_id, {keys.TRIAL_TAG: trial_id})
             if has_row and run is not None and run.info.status in ("FINISHED", "FAILED"):
                 continue
             error = None if result.error is None else _first_line(result.error)
@@ -338,7 +338,7 @@ class TrialRecorder(Callback):
         runs = tracking.search_all(
             self.client,
             self.experiment_id,
-            f"tags.`{tracking.SEARCH_TAG}` = '{self.search}' and attributes.status = 'RUNNING'",
+            f"tags.`{keys.SEARCH_TAG}` = '{self.search}' and attributes.status = 'RUNNING'",
         )
         for run in runs:
             self.client.set_terminated(run.info.run_id, status)

@@ -162,10 +162,6 @@ def _num(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def _int(value: Any) -> int | None:
-    return None if value is None or pd.isna(value) else int(value)
-
-
 def pareto_rows(rows: pd.DataFrame, numbers: list[int], metrics: list[str]) -> pd.DataFrame:
     """The rows of the study's Pareto front (``study.best_trials``: ``numbers``), one per distinct config.
 

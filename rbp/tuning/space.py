@@ -15,9 +15,8 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from rbp.tuning.keys import REPEATS_KEY, TRIAL_KEY
 from rbp.tuning.spec import LoadedSpec, Param, grid_size
-from rbp.tuning.study import TRIAL_KEY
-from rbp.tuning.trainable import REPEATS_KEY
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rbp.base.errors import RbpError
+from rbp.base.errors import RbpError, StrictModel, first_problem
 from rbp.base.metrics import EPOCH_METRICS
 from rbp.config.io import nested, parse_override, read_yaml_mapping
 from rbp.config.load import from_dict
@@ -38,11 +38,7 @@ IMPLIED_CONDITIONS: dict[str, dict[str, list[Any]]] = {
 Mode = Literal["max", "min"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Param(_Strict):
+class Param(StrictModel):
     """One searched core-config key: a range (float/int/loguniform) or a list of choices."""
 
     type: Literal["float", "int", "loguniform", "categorical"]
@@ -90,25 +86,25 @@ class Param(_Strict):
         return [self.low, self.high]
 
 
-class SamplerSpec(_Strict):
+class SamplerSpec(StrictModel):
     type: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
     seed: int | None = 0
     startup_trials: int = Field(10, ge=0, description="tpe: random trials before the model kicks in")
     population_size: int = Field(50, ge=2, description="nsga2: individuals per generation")
 
 
-class SchedulerSpec(_Strict):
+class SchedulerSpec(StrictModel):
     type: Literal["fifo", "asha"] = "fifo"
     grace_period: int = Field(1, ge=1, description="asha: epochs every trial gets before it can be stopped")
     reduction_factor: float = Field(2.0, gt=1.0, description="asha: keep the top 1/factor at each rung")
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(StrictModel):
     cpu: float = Field(1.0, gt=0, description="CPU cores per trial (also torch's thread count)")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions share one GPU (0.25: four trials)")
 
 
-class Spec(_Strict):
+class Spec(StrictModel):
     """A validated search spec; see the module docstring and ``tune/digits.yaml``."""
 
     experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="MLflow experiment name")
@@ -172,16 +168,8 @@ def _error(where: str, message: str) -> RbpError:
 
 
 def _format_validation(path: Path, error: ValidationError) -> RbpError:
-    first = error.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal[", "list[")))
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif first["type"] == "missing":
-        message = "required key is missing"
-    elif "input" in first and not isinstance(first["input"], (dict, list)):
-        message += f" (got {first['input']!r})"
-    return _error(f"{path}: {loc or 'spec'}", message)
+    where, message = first_problem(error)
+    return _error(f"{path}: {where or 'spec'}", message)
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:

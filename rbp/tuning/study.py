@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
@@ -26,12 +25,6 @@ from rbp.base.errors import RbpError
 
 log = logging.getLogger(__name__)
 
-# User attributes of the study (what ``rbp tune`` needs to continue a search).
-TRACKING_ATTR = "rbp.tracking_uri"
-PARENT_ATTR = "rbp.mlflow_parent_run"
-RUNS_ATTR = "rbp.runs_dir"
-RAY_ATTR = "rbp.ray_experiment"  # the newest Ray experiment folder of the search (what --resume restores)
-TRIAL_KEY = "_study_trial"  # the Optuna trial number in a Ray trial's config (not a core-config key)
 ENDED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
@@ -107,10 +100,6 @@ def requeue_running(study: optuna.Study, storage: BaseStorage, known: set[int]) 
             storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
             requeued.append(trial.number)
     return requeued
-
-
-def attrs(study: optuna.Study) -> dict[str, Any]:
-    return dict(study.user_attrs)
 
 
 def pareto_numbers(study: optuna.Study) -> list[int]:

@@ -17,28 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rbp.base.errors import RbpError
+from rbp.tuning import keys
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Experiment, Run
 
 log = logging.getLogger(__name__)
-
-TRIAL_TAG = "rbp.trial_id"
-SEARCH_TAG = "rbp.search"
-SPEC_TAG = "rbp.spec"
-SEARCHED_TAG = "rbp.searched"  # JSON list of the spec's searched keys (rbp best shows them)
-SAMPLED_TAG = "rbp.sampled"  # JSON {key: value} of the searched keys this trial drew
-STATUS_TAG = "rbp.status"  # finished | early_stopped | diverged | error
-REASON_TAG = "rbp.failure_reason"
-RUN_ID_TAG = "rbp.run_id"  # the config hash
-GIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag: the UI shows it
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's nesting: a trial's run under its search's run
-NOTE_TAG = "mlflow.note.content"  # MLflow's description (experiment and run pages)
-KIND_TAG = "mlflow.experimentKind"  # MLflow 3 opens the GenAI view unless this says otherwise
-KIND = "custom_model_development"  # the traditional ML view: runs, params, metrics, charts
-STUDY_TRIAL_TAG = "rbp.study_trial"  # the Optuna trial number
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def resolve_tracking_uri(uri: str | None, results_dir: Path) -> str:
@@ -119,9 +104,9 @@ def ensure_experiment(mlflow: MlflowClient, name: str, uri: str, description: st
     ``rbp tune`` gets them too; a changed spec description replaces the old one).
     """
     experiment_id = _experiment_id(mlflow, name, uri)
-    mlflow.set_experiment_tag(experiment_id, KIND_TAG, KIND)
+    mlflow.set_experiment_tag(experiment_id, keys.KIND_TAG, keys.KIND)
     if description:
-        mlflow.set_experiment_tag(experiment_id, NOTE_TAG, description)
+        mlflow.set_experiment_tag(experiment_id, keys.NOTE_TAG, description)
     return experiment_id
 
 
@@ -176,12 +161,12 @@ def _json_tag(run: Run, tag: str, default: Any) -> Any:
 
 def searched_keys(run: Run) -> list[str]:
     """The spec's searched keys (a run's ``rbp.searched`` tag)."""
-    return list(_json_tag(run, SEARCHED_TAG, []))
+    return list(_json_tag(run, keys.SEARCHED_TAG, []))
 
 
 def sampled(run: Run) -> dict[str, Any] | None:
     """The searched values the trial drew, or None for runs without the tag."""
-    value = _json_tag(run, SAMPLED_TAG, None)
+    value = _json_tag(run, keys.SAMPLED_TAG, None)
     return value if isinstance(value, dict) else None
 
 
@@ -207,9 +192,9 @@ def create_parent_run(mlflow: MlflowClient, experiment_id: str, loaded: Any, stu
 
     spec = loaded.spec
     tags = {
-        SPEC_TAG: str(loaded.path),
-        SEARCHED_TAG: json.dumps(list(spec.space)),
-        NOTE_TAG: spec.description,
+        keys.SPEC_TAG: str(loaded.path),
+        keys.SEARCHED_TAG: json.dumps(list(spec.space)),
+        keys.NOTE_TAG: spec.description,
         "rbp.study_storage": study_storage,
         "rbp.study_name": spec.experiment,
         "mlflow.source.name": "rbp tune",

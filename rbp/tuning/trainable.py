@@ -34,6 +34,7 @@ from rbp.models import kept_parameters
 from rbp.runs.epochs import make_trainer, summarise, train_epoch
 from rbp.runs.folder import RunFolder
 from rbp.train.trainer import Diverged, Trainer
+from rbp.tuning.keys import REPEATS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,6 @@ class CheckpointLike(Protocol):
     """What :func:`run_trial` needs of ``ray.tune.Checkpoint``."""
 
     def as_directory(self): ...  # context manager yielding a local folder
-
-
-REPEATS_KEY = "_repeats"  # seeds per sampled config (the spec's ``repeats``), not a core-config key
 
 
 def trial_config(config: dict[str, Any]) -> Config:
