@@ -27,7 +27,7 @@ from test_tuning_resume import marked_pids, stop_marked
 from rbp.results import read_results
 from rbp.tuning import keys, tracking
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from rbp.ablation.jobs import jobs, load_spec
 from rbp.tuning.spec import load_spec as load_search_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_study_spec_holds_every_cell_of_the_issue_once_per_seed() -> None:

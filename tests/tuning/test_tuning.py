@@ -36,7 +36,7 @@ from rbp.tuning.study import open_storage, open_study, pareto_numbers, resolve_s
 from rbp.tuning.trainable import combine, run_trial, trial_config
 
 TINY = {"model.width": 8, "train.epochs": 2, "attack.steps": 2, "eval.val_pgd_steps": 2, "eval.test_pgd_steps": 2}
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -352,7 +352,7 @@ def test_selecting_on_a_test_metric_needs_the_flag(tmp_path, capsys):
 
 
 def test_console_tables_fit_120_columns_with_short_names_and_4_digits():
-    loaded = load_spec(Path(__file__).parents[1] / "tune" / "digits.yaml")
+    loaded = load_spec(Path(__file__).parents[2] / "tune" / "digits.yaml")
     searched = list(loaded.spec.space)
     config = {
         "_study_trial": 12,

@@ -29,7 +29,7 @@ import yaml
 from rbp.results import read_results
 from rbp.tuning import keys, tracking
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 EPOCHS = 5
 TRIALS = 6
