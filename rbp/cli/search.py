@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,22 +21,9 @@ def _tune(args: argparse.Namespace) -> int:
     from rbp.tuning.launcher import run_tune
     from rbp.tuning.options import TuneOptions, default_spec
 
-    options = TuneOptions(
-        spec=args.spec or default_spec(),
-        address=args.address,
-        tracking_uri=args.tracking_uri,
-        resume=args.resume,
-        study_storage=args.study_storage,
-        warm_start=args.warm_start,
-        results=args.results,
-        storage=args.storage,
-        num_cpus=args.num_cpus,
-        overrides=args.overrides,
-        trials=args.trials,
-        report_every=args.report_every,
-        auth_mode=args.auth_mode,
-        verbose=args.verbose,
-    )
+    # Every option of the command has its field of the same name (the spec has a default).
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TuneOptions) if f.name != "spec"}
+    options = TuneOptions(spec=args.spec or default_spec(), **given)
     try:
         return run_tune(options)
     except KeyboardInterrupt:

@@ -94,7 +94,23 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
-class SubnetMixin:
+class _TransformedWeight:
+    """A torch conv or linear layer that computes with ``effective_weight()`` instead of ``weight``.
+
+    Mixed in before ``nn.Conv2d`` / ``nn.Linear``; ``_setup()`` runs once the torch layer exists.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self, nn.Conv2d):
+            return self._conv_forward(x, self.effective_weight(), self.bias)
+        return F.linear(x, self.effective_weight(), self.bias)
+
+
+class SubnetMixin(_TransformedWeight):
     """Frozen ``weight`` buffer + trained ``scores``; the layer's ``density`` sets the kept count.
 
     The masked weight is cached: scores change only at an optimiser step, so the k+1 forwards
@@ -111,7 +127,7 @@ class SubnetMixin:
     density: float
     cache_mask: bool
 
-    def _make_subnet(self) -> None:
+    def _setup(self) -> None:
         frozen = self.weight.detach()
         del self.weight  # drop the Parameter, keep the tensor as a buffer: it is never trained
         self.register_buffer("weight", frozen)
@@ -190,21 +206,11 @@ def compile_model(model: nn.Module) -> nn.Module:
 
 
 class SubnetConv2d(SubnetMixin, nn.Conv2d):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._make_subnet()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
+    """``nn.Conv2d`` as a subnet layer (:class:`SubnetMixin`)."""
 
 
 class SubnetLinear(SubnetMixin, nn.Linear):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._make_subnet()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.bias)
+    """``nn.Linear`` as a subnet layer (:class:`SubnetMixin`)."""
 
 
 class MaskGroup:
@@ -245,13 +251,13 @@ def group_masks(model: nn.Module) -> MaskGroup | None:
     return MaskGroup(layers) if layers else None
 
 
-class BinaryMixin:
+class BinaryMixin(_TransformedWeight):
     """Latent real ``weight`` (trained, kept in [-1, 1]); forward uses ``scale * sign(weight)``."""
 
     weight: nn.Parameter
     scale: torch.Tensor
 
-    def _make_binary(self) -> None:
+    def _setup(self) -> None:
         self.register_buffer("scale", torch.ones(()))
 
     def effective_weight(self) -> torch.Tensor:
@@ -264,21 +270,11 @@ class BinaryMixin:
 
 
 class BinaryConv2d(BinaryMixin, nn.Conv2d):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._make_binary()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
+    """``nn.Conv2d`` as a BNN layer (:class:`BinaryMixin`)."""
 
 
 class BinaryLinear(BinaryMixin, nn.Linear):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._make_binary()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.bias)
+    """``nn.Linear`` as a BNN layer (:class:`BinaryMixin`)."""
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
