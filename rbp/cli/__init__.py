@@ -56,9 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> NoReturn:
     """The ``rbp`` command: :func:`main`, then the exit handlers, then exit without the teardown.
 
-    The interpreter's teardown (freeing torch, Ray and MLflow module by module) took 1.7 s after a
-    search had printed its summary and shut Ray down (bench/RESULTS.md); everything is written by
-    then. The exit handlers still run (Ray's, MLflow's, logging's, multiprocessing's) and the
+    The interpreter's teardown (freeing torch, Ray and MLflow module by module) is slow after a
+    search has printed its summary and shut Ray down (measured in bench/RESULTS.md); everything is
+    written by then. The exit handlers still run (Ray's, MLflow's, logging's, multiprocessing's) and the
     buffered output is flushed; only the teardown is skipped. In-process callers use :func:`main`.
     """
     code = main()

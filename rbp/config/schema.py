@@ -45,8 +45,8 @@ _ATTACK_DEFAULTS = {
 
 
 # Per data set, defaults of the fields a config leaves unset: the recipe of the default conv net on
-# 2 CPU cores (bench/RESULTS.md). Digits: PGD-20 >= 86% on every seed in about a minute; 28x28: within
-# 15 minutes. ``model.width`` applies to the conv net only (other architectures keep their own).
+# 2 CPU cores, chosen and timed in bench/RESULTS.md. ``model.width`` applies to the conv net only (other
+# architectures keep their own).
 _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"model.width": 64, "train.epochs": 20},
     **{name: {"model.width": 16, "train.epochs": 3} for name in ("fashion_mnist", "mnist")},

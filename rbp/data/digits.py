@@ -16,8 +16,8 @@ from rbp.data.containers import DataInfo, Split
 def _digits_file() -> Path:
     """scikit-learn's ``digits.csv.gz`` (the file ``sklearn.datasets.load_digits`` reads).
 
-    Found without importing sklearn, which takes about 2 s (scipy): every digits run, and every
-    Ray worker of a search, would pay that before its first batch.
+    Found without importing sklearn, whose import (scipy) every digits run and every Ray worker of a
+    search would otherwise pay before its first batch.
     """
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:

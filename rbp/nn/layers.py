@@ -194,7 +194,7 @@ def compile_model(model: nn.Module) -> nn.Module:
     """``torch.compile(model)`` with :meth:`SubnetMixin.effective_weight` kept eager.
 
     The mark is set here, not by a decorator at import: ``torch.compiler.disable`` imports
-    ``torch._dynamo`` (1.4 s on 2 cores), which processes that never train would pay at import
+    ``torch._dynamo`` (seconds: bench/RESULTS.md), which processes that never train would pay at import
     (``rbp eval``, ``rbp export``, the ``rbp tune`` driver). Training pays it anyway: torch's
     optimisers import it when constructed.
     """
