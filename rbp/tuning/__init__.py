@@ -10,6 +10,7 @@ Modules, one job each:
 - :mod:`rbp.tuning.trainable` the Ray function trainable: the epoch path of :mod:`rbp.runs`, report + checkpoint
 - :mod:`rbp.tuning.tracking`  MLflow plumbing: tracking URI checks, experiments, run lookup by trial id
 - :mod:`rbp.tuning.record`    the driver callback that turns trial events into MLflow runs and Parquet rows
+- :mod:`rbp.tuning.trial_end` the end of a trial (artefacts, tags, rows, status) and the repairs after a search
 - :mod:`rbp.tuning.options`   what ``rbp tune`` was asked and what it opened
 - :mod:`rbp.tuning.cluster`   the Ray cluster: address checks, a local start, trials that fit
 - :mod:`rbp.tuning.tuner`     one Ray experiment: the Tuner, fitted once, Ctrl-C made a clean stop
