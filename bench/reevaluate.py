@@ -8,8 +8,9 @@ It prints one Markdown row per model: the row's and the re-evaluation's accuraci
 differences; it exits 1 when a clean accuracy differs or an AutoAttack accuracy is more than
 ``--tolerance`` points away (issue 11's acceptance: exactly, and 0.5 points).
 
-Usage: ``python bench/reevaluate.py ablations/fashion_mnist.yaml`` (about 9 minutes per model for
-AutoAttack on 1,000 Fashion-MNIST images on 2 cores).
+Usage: ``python bench/reevaluate.py ablations/fashion_mnist.yaml`` (AutoAttack on 1,000 Fashion-MNIST
+images takes minutes per model: bench/RESULTS.md); ``--out DIR`` re-runs into a fresh folder,
+``--clean-only`` checks the clean accuracies alone.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from rbp.results import read_results
 def evaluate(model: Path, attack: str, samples: int | None, out: Path) -> dict:
     """``rbp eval`` of ``model`` (or the JSON it wrote before)."""
     if not out.is_file():
-        cmd = [sys.executable, "-m", "rbp.cli", "eval", str(model), "--attack", attack, "--out", str(out)]
+        cmd = [sys.executable, "-m", "rbp", "eval", str(model), "--attack", attack, "--out", str(out)]
         subprocess.run(cmd + (["--samples", str(samples)] if samples else []), check=True)
     return json.loads(out.read_text())
 
@@ -36,10 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", type=Path)
     parser.add_argument("--tolerance", type=float, default=0.5, help="AutoAttack points allowed (default 0.5)")
+    parser.add_argument(
+        "--out", type=Path, help="where the JSONs go (default: <results>/reeval; a fresh folder re-runs all)"
+    )
+    parser.add_argument("--clean-only", action="store_true", help="skip AutoAttack (the clean check alone)")
     args = parser.parse_args(argv)
     spec = load_spec(args.spec)
     rows = read_results(spec.folder / "rows")
-    out_dir = spec.folder / "reeval"
+    out_dir = args.out or spec.folder / "reeval"
     out_dir.mkdir(parents=True, exist_ok=True)
     print("| model | clean: row / rbp eval | AutoAttack: row / rbp eval (points) |\n|---|---|---|")
     failed, seen = False, set()
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         clean = evaluate(model, "clean", None, out_dir / f"{model.stem}.clean.json")["clean_acc"]
         text = f"| {model.name} | {100 * row['test_clean_acc']:.2f} / {100 * clean:.2f}"
         failed |= clean != row["test_clean_acc"]
-        if job.config.eval.autoattack:
+        if job.config.eval.autoattack and not args.clean_only:
             samples = job.config.eval.autoattack_samples
             auto = evaluate(model, "autoattack", samples, out_dir / f"{model.stem}.autoattack.json")["autoattack_acc"]
             diff = 100 * (auto - row["test_autoattack_acc"])

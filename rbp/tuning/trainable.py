@@ -158,7 +158,8 @@ def run_trial(
                 reports = []
                 for trainer, folder, history in zip(trainers, folders, histories, strict=True):
                     done = json.loads(folder.summary.read_text()) if folder.summary.exists() else {}
-                    reports.append({**_epoch_report(trainer, history[-1]), **_final_report(done)})
+                    final = {**_final_report(done), "seed": trainer.cfg.seed} if done else {}
+                    reports.append({**_epoch_report(trainer, history[-1]), **final})
                 report(combine(reports), None)
                 return
         for folder, trainer in zip(folders, trainers, strict=True):

@@ -8,6 +8,7 @@ through ``rbp tune`` / ``rbp best`` up to the point where it must fail (before R
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -262,8 +263,44 @@ def test_trainable_reports_every_epoch_with_a_checkpoint_and_test_metrics_at_the
     assert "test_clean_acc" in last and "test_pgd2_acc" in last and last["total_params"] > last["kept_params"]
     assert "test_clean_acc" not in reports.metrics[0]
     assert last["best_val_pgd_acc"] == max(m["val_pgd_acc"] for m in reports.metrics)
-    for checkpoint in reports.checkpoints:
-        assert {p.name for p in checkpoint.folder.iterdir()} == {"last.pt", "best.pt"}
+    # Each checkpoint is a run folder as `rbp train` writes it; the last one has the summary too.
+    folder_files = {"config.yaml", "densities.json", "metrics.jsonl", "last.pt", "best.pt"}
+    for checkpoint in reports.checkpoints[:-1]:
+        assert {p.name for p in checkpoint.folder.iterdir()} == folder_files
+    assert {p.name for p in reports.checkpoints[-1].folder.iterdir()} == folder_files | {"summary.json"}
+
+
+def test_a_trials_checkpoint_is_a_run_folder_that_export_and_eval_read(tmp_path, capsys):
+    reports = Reports(tmp_path)
+    run_trial({**TINY, "train.epochs": 1}, reports)
+    folder = reports.checkpoints[-1].folder
+    assert main(["export", str(folder), "--out", str(tmp_path / "trial.rbpz")]) == 0
+    assert main(["eval", str(folder / "best.pt"), "--attack", "clean", "--samples", "40"]) == 0
+    assert main(["eval", str(tmp_path / "trial.rbpz"), "--attack", "clean", "--samples", "40"]) == 0
+    history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in history] == [1]
+
+
+def test_a_trial_checkpoint_from_before_run_folders_resumes(tmp_path):
+    """A search written before trials kept run folders: its checkpoints hold last.pt (no history) and best.pt."""
+    from rbp.artefacts.checkpoint import load_model, read_checkpoint, save_checkpoint
+
+    whole = Reports(tmp_path / "a")
+    whole.root.mkdir()
+    run_trial({**TINY, "train.epochs": 2}, whole)
+    old, legacy = whole.checkpoints[0].folder, tmp_path / "legacy"
+    legacy.mkdir()
+    payload, cfg = read_checkpoint(old / "last.pt")
+    model, _, _ = load_model(old / "last.pt")
+    state = {k: v for k, v in payload["trainer"].items() if k != "history"}
+    save_checkpoint(legacy / "last.pt", cfg, payload["data_info"], model, state, payload["metrics"])
+    shutil.copyfile(old / "best.pt", legacy / "best.pt")
+    resumed = Reports(tmp_path / "b")
+    resumed.root.mkdir()
+    run_trial({**TINY, "train.epochs": 2}, resumed, FolderCheckpoint(legacy))
+    assert [m["epoch"] for m in resumed.metrics] == [2]
+    assert resumed.metrics[-1]["val_pgd_acc"] == whole.metrics[-1]["val_pgd_acc"]
+    assert resumed.metrics[-1]["test_clean_acc"] == whole.metrics[-1]["test_clean_acc"]
 
 
 def test_trainable_resumes_after_the_checkpointed_epoch_exactly(tmp_path):
