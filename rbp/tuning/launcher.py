@@ -22,19 +22,17 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rbp.base.errors import RbpError
+from rbp.base.lock import exclusive
+from rbp.base.sqlite import check_sqlite_file
+from rbp.config.io import nested
+from rbp.config.load import from_dict
 from rbp.tuning import keys, tracking
-from rbp.tuning.options import Search
-from rbp.tuning.spec import LoadedSpec, load_spec
-
-if TYPE_CHECKING:
-    pass
-
 from rbp.tuning.cluster import check_address, check_trial_fits, local_cpus, set_ray_environment, start_ray
-from rbp.tuning.options import TuneOptions
-from rbp.tuning.summary import print_summary
+from rbp.tuning.options import Search, TuneOptions
+from rbp.tuning.spec import LoadedSpec, load_spec
+from rbp.tuning.summary import no_finished_trial, print_summary
 from rbp.tuning.tuner import join_storage, run_once, system_metrics
 
 log = logging.getLogger(__name__)
@@ -105,15 +103,47 @@ def _enqueue(search: Search, loaded: LoadedSpec, opts: TuneOptions) -> None:
         print(f"warm start: {len(points)} configs of experiment {opts.warm_start} enqueued")
 
 
+def _check_data(loaded: LoadedSpec) -> None:
+    """The trials' data set loads here, on the driver, before anything starts or is created: a missing
+    root or a damaged file is one line now instead of the same error in every trial (data sets other
+    than digits and synthetic; a searched ``data.*`` key is checked by its trials)."""
+    cfg = from_dict(nested({k: v for k, v in loaded.constants.items() if not k.startswith("_")}))
+    if cfg.data.name not in ("digits", "synthetic"):
+        from rbp.data import load_splits  # torch: only for the data sets that read files
+
+        load_splits(cfg.data)
+
+
+def _check_stores(opts: TuneOptions, results: Path) -> None:
+    """Both stores are usable (a damaged SQLite file named, with what to do) before either is written."""
+    from rbp.tuning.study import resolve_storage
+
+    tracking.check_tracking_uri(tracking.resolve_tracking_uri(opts.tracking_uri, results))
+    storage = resolve_storage(opts.study_storage, results)
+    if storage.startswith("sqlite:///"):
+        check_sqlite_file(Path(storage.removeprefix("sqlite:///")), "Optuna study store", "--study-storage")
+
+
 def run_tune(opts: TuneOptions) -> int:
-    """Run, extend or resume the search of ``opts.spec``; 0 when it holds its budget, 130 when interrupted."""
+    """Run, extend or resume the search of ``opts.spec``; 0 when it holds its budget, 130 when interrupted.
+
+    One driver at a time runs a spec's experiment: a second one is refused, naming the first.
+    """
     loaded = load_spec(opts.spec, opts.overrides, opts.trials)
-    spec = loaded.spec
     set_ray_environment(opts)  # before Ray is imported: it reads RAY_AUTH_MODE once
     _require_stack()
+    _check_data(loaded)
+    experiment = loaded.spec.experiment
+    results = opts.results.resolve()
+    _check_stores(opts, results)
+    with exclusive(results / "tune" / experiment, f"search of experiment {experiment!r} in", "--results"):
+        return _run_tune(opts, loaded, results)
+
+
+def _run_tune(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> int:
+    spec = loaded.spec
     from rbp.tuning import study as studies
 
-    results = opts.results.resolve()
     storage = opts.storage or str(results / "ray")
     if "://" not in storage:
         storage = str(Path(storage).resolve())
@@ -161,7 +191,8 @@ def run_tune(opts: TuneOptions) -> int:
             code = run_once(loaded, opts, search, storage, None, started, name, remaining)
             if code:
                 return code
-        tracking.close_parent(search.tracking_uri, search.parent_run_id, "FINISHED")
+        failed = no_finished_trial(loaded, search) is not None
+        tracking.close_parent(search.tracking_uri, search.parent_run_id, "FAILED" if failed else "FINISHED")
         print_summary(loaded, search, time.monotonic() - started)
         return 0
     finally:

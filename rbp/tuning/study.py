@@ -22,6 +22,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from rbp.base.errors import RbpError
+from rbp.base.sqlite import check_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,12 @@ def open_storage(url: str) -> BaseStorage:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url))
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(url.removeprefix("sqlite:///"))
+            check_sqlite_file(path, "Optuna study store", "--study-storage")
+            path.parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(url)
+    except RbpError:
+        raise
     except (ImportError, OSError, ValueError) as error:  # sqlalchemy's errors derive from these
         raise RbpError(f"--study-storage {url}: cannot open it ({str(error).splitlines()[0][:200]})") from None
     except Exception as error:  # driver errors (OperationalError...): unusable storage, one line

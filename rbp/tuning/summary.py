@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from rbp.base.errors import RbpError
 from rbp.results import read_results
 from rbp.tuning import tracking
 from rbp.tuning.spec import LoadedSpec
@@ -52,8 +53,9 @@ def print_summary(loaded: LoadedSpec, search: Search, seconds: float) -> None:
     trials = studies.ended(search.study)
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(_count(t.state.name for t in trials).items()))
     print(f"\nsearch {spec.experiment}: {len(trials)} trials in the study ({states}); this run {seconds:.0f} s")
-    if rows.empty:
-        return
+    problem = no_finished_trial(loaded, search)
+    if problem is not None:
+        raise RbpError(problem)
     searched = list(spec.space)
     print(f"best trials by {spec.metrics[0]} ({spec.modes[0]}):")
     print(best_trials_table(rows, spec.metrics[0], spec.modes[0], searched, spec.top))
@@ -68,6 +70,22 @@ def print_summary(loaded: LoadedSpec, search: Search, seconds: float) -> None:
     print(f"rows: {search.runs_dir}")
     print(f"best config: rbp best --experiment {spec.experiment} --write best.yaml")
     print(f"extend: rbp tune {loaded.path} --trials {len(trials) + spec.trials}")
+
+
+def no_finished_trial(loaded: LoadedSpec, search: Search) -> str | None:
+    """The one line to end with when no trial of the search finished (every one failed), else None."""
+    rows = read_results(search.runs_dir)
+    if not rows.empty and rows["status"].isin(("finished", "early_stopped")).any():
+        return None
+    spec, ended = loaded.spec, len(rows["trial_id"].unique()) if not rows.empty else 0
+    reasons = [str(r) for r in rows.get("reason", []) if isinstance(r, str) and r]
+    first = f", e.g. {reasons[0][:200]}" if reasons else ""
+    return (
+        f"search {spec.experiment}: none of its {ended} trials finished (they failed or diverged{first}); "
+        "fix the cause, then "
+        f"`rbp tune {loaded.path} --trials {ended + spec.trials}` runs {spec.trials} more (failed trials count "
+        "towards the budget)"
+    )
 
 
 def _count(values) -> dict[str, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rbp.base.errors import RbpError
+from rbp.base.sqlite import check_sqlite_file
 from rbp.tuning import keys
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def check_tracking_uri(uri: str, *, must_exist: bool = False, timeout: float = 5
             raise RbpError(f"no MLflow tracking store at {db}: run `rbp tune` first, or pass --tracking-uri")
         if db.is_file() and not _is_sqlite(db):  # MLflow would fail deep in SQLAlchemy with a traceback
             raise RbpError(f"tracking store {db} is not an SQLite database; move the file aside or pass --tracking-uri")
+        check_sqlite_file(db, "MLflow tracking store", "--tracking-uri")
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
