@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rbp.base.errors import RbpError
+from rbp.tuning import keys
 from rbp.tuning.spec import LoadedSpec
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def run_once(loaded, opts, search: Search, storage: str, restore: str | None, st
         if not tune.Tuner.can_restore(restore):
             raise RbpError(f"Ray cannot restore {restore} (gone or never saved); run without --resume")
         log.info("resuming %s", restore)
-        known = {t.config.get(studies.TRIAL_KEY) for t in tune.ExperimentAnalysis(restore).trials}
+        known = {t.config.get(keys.TRIAL_KEY) for t in tune.ExperimentAnalysis(restore).trials}
         requeued = studies.requeue_running(search.study, search.storage, known)
         if requeued:
             log.info("study trial(s) %s started after Ray last saved its state: asked again", requeued)
