@@ -75,7 +75,10 @@ def _hold_out(n: int, fraction: float, generator: torch.Generator) -> tuple[torc
 
 def _data_root(cfg: DataConfig) -> Path:
     if cfg.root is not None:
-        return Path(cfg.root).expanduser()
+        root = Path(cfg.root).expanduser()
+        if root.is_file():
+            raise RbpError(f"data.root: {root} is a file; give the folder that holds the {cfg.name} files")
+        return root
     if cfg.name == "fashion_mnist" and FASHION_MNIST_DEBIAN_ROOT.is_dir():
         return FASHION_MNIST_DEBIAN_ROOT
     raise RbpError(f"data.root: required for {cfg.name}; pass --set data.root=PATH{GET_FILES.get(cfg.name, '')}")

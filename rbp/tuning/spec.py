@@ -63,6 +63,9 @@ class Param(StrictModel):
             raise ValueError(f"{self.type} takes low/high, not `choices`")
         if self.low is None or self.high is None:
             raise ValueError(f"{self.type} needs `low` and `high`")
+        for name, value in (("low", self.low), ("high", self.high), ("step", self.step)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} is not a number (got {value}); give a finite bound")
         if not self.low < self.high:
             raise ValueError(f"low must be below high (got {self.low} >= {self.high})")
         if (self.log or self.type == "loguniform") and self.low <= 0:

@@ -81,6 +81,9 @@ def ws(tmp_path_factory) -> Path:
     _spec(ws, "tune_bad_space_key.yaml", {"experiment": "e", "trials": 2, "space": lrr})
     low_high = {"train.lr": {"type": "float", "low": 0.5, "high": 0.1}}
     _spec(ws, "tune_low_above_high.yaml", {"experiment": "e", "trials": 2, "space": low_high})
+    nan_bound = {"train.lr": {"type": "float", "low": float("nan"), "high": 0.1}}
+    _spec(ws, "tune_nan_bound.yaml", {"experiment": "e", "trials": 2, "space": nan_bound})
+    (ws / "a_file").write_text("not a folder of data files")
     # a corrupt MLflow store
     (ws / "bad_results").mkdir()
     (ws / "bad_results" / "mlflow.db").write_bytes(b"this is not an SQLite database" * 10)
@@ -224,6 +227,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("tune-unknown-key", ["tune", "tune_unknown_key.yaml"], ["colour"]),
     ("tune-bad-space-key", ["tune", "tune_bad_space_key.yaml"], ["train.lrr"]),
     ("tune-low-above-high", ["tune", "tune_low_above_high.yaml"], ["train.lr", "low"]),
+    ("tune-nan-bound", ["tune", "tune_nan_bound.yaml"], ["train.lr", "low is not a number"]),
+    (
+        "train-data-root-a-file",
+        ["train", "--set", "data.name=cifar10", "--set", "data.root=a_file"],
+        ["data.root", "is a file"],
+    ),
     ("tune-trials-0", ["tune", "--trials", "0"], ["--trials"]),
     ("tune-num-cpus-0", ["tune", "--num-cpus", "0"], ["--num-cpus"]),
     ("tune-report-every-0", ["tune", "--report-every", "0"], ["--report-every"]),
