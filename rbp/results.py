@@ -92,7 +92,13 @@ def read_results(folder: str | Path) -> pd.DataFrame:
         try:
             frames.append(pd.read_parquet(path))
         except Exception as error:  # any unreadable file: report it, keep the others
-            log.warning("skipping unreadable results file %s (%s)", path, str(error).splitlines()[0][:100])
+            reason = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+            log.warning(
+                "skipping unreadable results file %s (%s); delete it to rebuild it: `rbp ablate SPEC` reruns a "
+                "cell whose row is missing",
+                path,
+                reason,
+            )
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True, sort=False)

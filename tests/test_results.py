@@ -34,7 +34,7 @@ def test_corrupt_file_is_skipped_and_reported(tmp_path, caplog):
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
     table = read_results(tmp_path)
     assert list(table["acc"]) == [0.5]
-    assert "broken.parquet" in caplog.text
+    assert "broken.parquet" in caplog.text and "delete it to rebuild it" in caplog.text and "rbp ablate" in caplog.text
 
 
 def test_empty_folder_is_an_empty_table(tmp_path):

@@ -125,6 +125,9 @@ def read_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     except ValidationError as error:
         where, message = first_problem(error)
         raise RbpError(f"ablation spec {path}: {where}: {message}") from None
+    taken = next((p for p in (spec.folder, *spec.folder.parents) if p.exists()), None)
+    if taken is not None and not taken.is_dir():
+        raise RbpError(f"ablation spec {path}: results: {taken} is a file; give a folder (created if missing)")
     return spec
 
 

@@ -89,18 +89,15 @@ def _open_tracking(search: Search, loaded: LoadedSpec) -> None:
     search.parent_run_id = parent
 
 
-def _enqueue(search: Search, loaded: LoadedSpec, opts: TuneOptions) -> None:
+def _enqueue(search: Search, loaded: LoadedSpec, opts: TuneOptions, warm: list[dict]) -> None:
     """A new study tries the spec's start points first; ``--warm-start`` adds MLflow's top configs."""
     if not search.study.trials:
         for point in loaded.spec.start:
             search.study.enqueue_trial(dict(point), skip_if_exists=True)
+    for point in warm:
+        search.study.enqueue_trial(point, skip_if_exists=True)
     if opts.warm_start:
-        from rbp.tuning.best import warm_start_points
-
-        points = warm_start_points(search.tracking_uri, opts.warm_start, loaded, loaded.spec.top)
-        for point in points:
-            search.study.enqueue_trial(point, skip_if_exists=True)
-        print(f"warm start: {len(points)} configs of experiment {opts.warm_start} enqueued")
+        print(f"warm start: {len(warm)} configs of experiment {opts.warm_start} enqueued")
 
 
 def _check_data(loaded: LoadedSpec) -> None:
@@ -124,6 +121,17 @@ def _check_stores(opts: TuneOptions, results: Path) -> None:
         check_sqlite_file(Path(storage.removeprefix("sqlite:///")), "Optuna study store", "--study-storage")
 
 
+def _warm_start_points(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> list[dict]:
+    """``--warm-start EXPERIMENT``'s top configs that fit the space, read from an existing store only."""
+    if not opts.warm_start:
+        return []
+    from rbp.tuning.best import warm_start_points
+
+    uri = tracking.resolve_tracking_uri(opts.tracking_uri, results)
+    tracking.check_tracking_uri(uri, must_exist=True)
+    return warm_start_points(uri, opts.warm_start, loaded, loaded.spec.top)
+
+
 def run_tune(opts: TuneOptions) -> int:
     """Run, extend or resume the search of ``opts.spec``; 0 when it holds its budget, 130 when interrupted.
 
@@ -135,12 +143,13 @@ def run_tune(opts: TuneOptions) -> int:
     _check_data(loaded)
     experiment = loaded.spec.experiment
     results = opts.results.resolve()
+    points = _warm_start_points(opts, loaded, results)  # an unknown experiment refused before anything is created
     _check_stores(opts, results)
     with exclusive(results / "tune" / experiment, f"search of experiment {experiment!r} in", "--results"):
-        return _run_tune(opts, loaded, results)
+        return _run_tune(opts, loaded, results, points)
 
 
-def _run_tune(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> int:
+def _run_tune(opts: TuneOptions, loaded: LoadedSpec, results: Path, warm: list[dict]) -> int:
     spec = loaded.spec
     from rbp.tuning import study as studies
 
@@ -158,7 +167,7 @@ def _run_tune(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> int:
         if abandoned:
             log.warning("%d trial(s) of an interrupted run marked failed (--resume would have continued them)",
                         abandoned)  # fmt: skip
-    _enqueue(search, loaded, opts)
+    _enqueue(search, loaded, opts, warm)
     if restore is None and spec.trials <= len(studies.ended(search.study)):
         _open_tracking(search, loaded)
         print(f"search {spec.experiment} already holds {len(studies.ended(search.study))} trials "

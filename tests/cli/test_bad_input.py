@@ -75,6 +75,7 @@ def ws(tmp_path_factory) -> Path:
     _spec(ws, "study_bad_figure.yaml", {"name": "s", "studies": {"a": GOOD_STUDY}, "figures": [{"kind": "pie"}]})
     _spec(ws, "study_top_typo.yaml", {"name": "s", "studeis": {"a": GOOD_STUDY}})
     _spec(ws, "study_bad_column.yaml", {"name": "s", "studies": {"a": {**GOOD_STUDY, "columns": ["speed"]}}})
+    _spec(ws, "study_results_a_file.yaml", {"name": "s", "results": "a_file", "studies": {"a": GOOD_STUDY}})
     # tune specs
     _spec(ws, "tune_unknown_key.yaml", {"experiment": "e", "trials": 2, "space": {}, "colour": 1})
     lrr = {"train.lrr": {"type": "categorical", "choices": [0.1, 0.2]}}
@@ -216,6 +217,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("ablate-bad-figure", ["ablate", "study_bad_figure.yaml"], ["kind"]),
     ("ablate-top-typo", ["ablate", "study_top_typo.yaml"], ["studeis"]),
     ("ablate-bad-column", ["ablate", "study_bad_column.yaml"], ["speed", "choose from"]),
+    ("ablate-results-a-file", ["ablate", "study_results_a_file.yaml"], ["results: a_file is a file"]),
     ("ablate-bad-set", ["ablate", "study_unknown_key.yaml", "--set", "oops"], ["KEY=VALUE"]),
     ("tables-missing", ["tables", "nowhere.yaml"], ["nowhere.yaml"]),
     ("tables-not-utf8", ["tables", "not_utf8.yaml"], ["not_utf8.yaml", "UTF-8"]),

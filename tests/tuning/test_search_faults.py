@@ -73,6 +73,13 @@ def test_a_missing_data_root_is_refused_before_anything_starts_or_is_created(tmp
     assert not results.exists()
 
 
+def test_a_warm_start_from_no_store_is_refused_before_a_study_or_store_is_created(tmp_path, capsys):
+    spec, results = write_spec(tmp_path), tmp_path / "results"
+    err = refused(["tune", str(spec), "--results", str(results), "--warm-start", "nowhere"], capsys)
+    assert "no MLflow tracking store" in err
+    assert not results.exists()
+
+
 def damaged_sqlite(path: Path) -> None:
     """A real SQLite file (a valid header), cut in the middle of its pages."""
     path.parent.mkdir(parents=True, exist_ok=True)
