@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rbp.ablation.jobs import Job, model_path
 from rbp.base.atomic import atomic_path
 from rbp.results import result_row, write_row
-
-if TYPE_CHECKING:
-    pass
-from rbp.ablation.jobs import Job, model_path
 
 
 def _keep_model(job: Job, run_dir: Path, folder: Path) -> None:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
-from rbp.results import read_results
-
-if TYPE_CHECKING:
-    pass
 from rbp.ablation.execute import run_job
 from rbp.ablation.jobs import Job, jobs
 from rbp.ablation.spec import AblationSpec
+from rbp.results import read_results
 
 log = logging.getLogger(__name__)
 

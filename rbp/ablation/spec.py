@@ -10,17 +10,13 @@ from __future__ import annotations
 import itertools
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
 from rbp.base.errors import RbpError, StrictModel, first_problem
 from rbp.base.metrics import TABLE_METRICS, is_table_metric
 from rbp.config.io import parse_override, read_yaml_mapping
-
-if TYPE_CHECKING:
-    pass
-
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rbp.base.errors import RbpError
+from rbp.cli.options import add_quiet
 
 if TYPE_CHECKING:
     from rbp.artefacts.sizes import SizeBreakdown
@@ -156,6 +157,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", type=Path, help="also write the result as JSON here")
+    add_quiet(ev)
     ev.set_defaults(handler=_eval)
 
     export = commands.add_parser("export", help="write a subnet as a compact .rbpz artefact (seed + masks)")

@@ -1,15 +1,12 @@
-"""Shared pieces of the parser: one-line usage errors and the ``--config`` / ``--set`` options."""
+"""Shared pieces of the parser: one-line usage errors and the ``--config``, ``--set`` and ``--quiet`` options."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from rbp.base.errors import RbpError
-
-if TYPE_CHECKING:
-    pass
 
 
 def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
@@ -19,6 +16,12 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config (sections data, model, init, sparsity, ...)")
     add_overrides(parser, "override one field, e.g. --set model.arch=resnet18 (repeatable)")
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet", action="store_true", help="only errors and the final result: no progress, no informational lines"
+    )
 
 
 class Parser(argparse.ArgumentParser):

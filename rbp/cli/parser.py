@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
 from rbp.cli import models, search, studies, train
 from rbp.cli.options import Parser
 

@@ -6,14 +6,10 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rbp.base.errors import RbpError
-from rbp.cli.options import add_overrides
-
-if TYPE_CHECKING:
-    pass
 from rbp.cli.models import check_out
+from rbp.cli.options import add_overrides, add_quiet
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -76,6 +72,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_overrides(tune, "fix a core-config key in every trial, e.g. --set train.epochs=5 (repeatable)")
     tune.add_argument("--report-every", type=int, default=30, help="seconds between progress tables (default 30)")
     tune.add_argument("--auth-mode", choices=("token", "disabled"), help="RAY_AUTH_MODE (default: see docs/cluster.md)")
+    add_quiet(tune)
     tune.set_defaults(handler=_tune)
 
     best = commands.add_parser("best", help="the best runs of an MLflow experiment; --write a config to retrain")

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from rbp.cli.options import add_overrides
-
-if TYPE_CHECKING:
-    pass
+from rbp.cli.options import add_overrides, add_quiet
 
 
 def _render(spec) -> None:
@@ -48,6 +44,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ablate.add_argument("spec", type=Path, help="e.g. ablations/digits_paper.yaml")
     ablate.add_argument("--address", help="run the cells as Ray tasks on this cluster (e.g. auto)")
     add_overrides(ablate, "add to the spec's base for every cell, e.g. --set data.root=/data/cifar10 (repeatable)")
+    add_quiet(ablate)
     ablate.set_defaults(handler=_ablate)
 
     tables = commands.add_parser("tables", help="render an ablation spec's tables and figures from its results")

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from rbp.base.metrics import pgd_key
-from rbp.cli.options import add_config_args
-
-if TYPE_CHECKING:
-    pass
+from rbp.cli.options import add_config_args, add_quiet
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -46,5 +42,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     again.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     again.add_argument("--overwrite", action="store_true", help="start the run again, replacing its folder")
     train.add_argument("--print-config", action="store_true", help="print the resolved config (every key) and exit")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(train)
     train.set_defaults(handler=_train)

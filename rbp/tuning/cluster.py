@@ -9,14 +9,11 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rbp.base.errors import RbpError
-from rbp.tuning.spec import ResourcesSpec
-
-if TYPE_CHECKING:
-    pass
 from rbp.tuning.options import TuneOptions
+from rbp.tuning.spec import ResourcesSpec
 
 
 # ----------------------------------------------------------------------------- the cluster

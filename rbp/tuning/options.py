@@ -29,6 +29,7 @@ class TuneOptions:
     report_every: int = 30
     auth_mode: str | None = None
     verbose: bool = False
+    quiet: bool = False  # only errors and the final summary: no progress tables
 
 
 def default_spec() -> Path:

@@ -44,6 +44,7 @@ def _tuner(loaded: LoadedSpec, opts: TuneOptions, storage: str, name: str, recor
         )
     else:
         scheduler = FIFOScheduler()
+    reporter = SearchReporter(loaded, join_storage(storage, name), opts.report_every)
     return tune.Tuner(
         _trainable(loaded),
         tune_config=tune.TuneConfig(
@@ -60,8 +61,8 @@ def _tuner(loaded: LoadedSpec, opts: TuneOptions, storage: str, name: str, recor
             name=name,
             storage_path=storage,
             callbacks=[recorder],
-            progress_reporter=SearchReporter(loaded, join_storage(storage, name), opts.report_every),
-            verbose=1,
+            progress_reporter=None if opts.quiet else reporter,
+            verbose=0 if opts.quiet else 1,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
         ),

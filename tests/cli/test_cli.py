@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from rbp.cli import main
 
@@ -60,6 +61,22 @@ def test_quiet_train_prints_only_its_result(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "" and "test clean accuracy" in done.stdout
+
+
+def test_quiet_eval_and_ablate_print_only_their_result(run_dir, tmp_path):
+    """--quiet means the same on every long command: nothing on stderr but errors."""
+    evaluated = subprocess.run([sys.executable, "-m", "rbp", "eval", str(run_dir / "best.pt"), "--attack", "autoattack",
+                                "--samples", "4", "--quiet"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert evaluated.returncode == 0 and evaluated.stderr == "", evaluated.stderr
+    assert "autoattack_acc" in evaluated.stdout
+    spec = tmp_path / "spec.yaml"
+    base = {"train.epochs": 1, "model.width": 8, "attack.steps": 2, "eval.val_pgd_steps": 2, "eval.test_pgd_steps": 2}
+    spec.write_text(yaml.safe_dump({"name": "q", "results": str(tmp_path / "out"), "base": base, "seeds": [0],
+                                    "studies": {"s": {"cells": [{"name": "ours"}]}}}))  # fmt: skip
+    ablated = subprocess.run([sys.executable, "-m", "rbp", "ablate", str(spec), "--quiet"],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ablated.returncode == 0 and ablated.stderr == "", ablated.stderr
+    assert "| ours |" in ablated.stdout
 
 
 def test_resume_of_a_finished_run_trains_nothing(run_dir, capsys):
