@@ -36,8 +36,8 @@ def after_fit(
         closed = recorder.close_open_runs("KILLED")
         tracking.close_parent(recorder.tracking_uri, recorder.parent_run_id, "KILLED")
         print(
-            f"search interrupted after {seconds:.0f} s ({ended} of {trials} trials ended, {closed} MLflow runs "
-            f"marked KILLED); `rbp tune {recorder.spec_path} --resume` continues it"
+            f"search interrupted after {seconds:.0f} s ({ended} of the budget's {loaded.spec.trials} trials ended, "
+            f"{closed} MLflow runs marked KILLED); `rbp tune {recorder.spec_path} --resume` continues it"
         )
         return 130
     recorder.close_open_runs("FAILED")  # none expected: every ended trial was finalized

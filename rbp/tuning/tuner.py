@@ -136,9 +136,27 @@ def run_once(loaded, opts, search: Search, storage: str, restore: str | None, st
         log.info("search %s: %d more trials, %d at a time, MLflow %s", join_storage(storage, name), samples,
                  loaded.spec.concurrency, search.tracking_uri)  # fmt: skip
         tuner = _tuner(loaded, opts, storage, name, recorder, samples, search.storage)
-    with _sigint_watch() as interrupted:
+    with _sigint_watch() as interrupted, _without_rays_resume_hint():
         grid = tuner.fit()
     return after_fit(loaded, grid, recorder, interrupted(), len(grid), time.monotonic() - started)
+
+
+class _RaysResumeHint(logging.Filter):
+    """Ray's hint after an interrupt (``Tuner.restore(path=...)``) restores the Ray experiment alone;
+    ``rbp tune SPEC --resume`` (which the summary names) also restores the study and the MLflow runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_rays_resume_hint():
+    logger, hint = logging.getLogger("ray.tune.tune"), _RaysResumeHint()
+    logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hint)
 
 
 def _after_interrupt(signum: int, frame: Any) -> None:
