@@ -12,6 +12,7 @@ TRACKING_ATTR = "rbp.tracking_uri"
 PARENT_ATTR = "rbp.mlflow_parent_run"
 RUNS_ATTR = "rbp.runs_dir"
 RAY_ATTR = "rbp.ray_experiment"  # the newest Ray experiment folder of the search (what --resume restores)
+ROOT_ATTR = "rbp.results_root"  # the results folder the paths above were recorded under (a moved search follows)
 
 # MLflow tags of a search's runs.
 TRIAL_TAG = "rbp.trial_id"

@@ -57,6 +57,7 @@ def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> Search
     url = studies.resolve_storage(opts.study_storage, results)
     storage = studies.open_storage(url)
     study = studies.open_study(storage, spec.experiment, spec.modes, create=not opts.resume)
+    follow_move(study, results, url)
     attrs = study.user_attrs
     if opts.resume and keys.RAY_ATTR not in attrs:
         raise RbpError(f"no search of experiment {spec.experiment!r} to resume; run without --resume")
@@ -67,6 +68,32 @@ def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> Search
     runs_dir = Path(attrs.get(keys.RUNS_ATTR) or results / "tune" / spec.experiment / "rows")
     log.info("study %s in %s (optuna-dashboard %s)", spec.experiment, url, url)
     return Search(study, storage, url, uri, runs_dir)
+
+
+def follow_move(study, results: Path, storage_url: str) -> None:
+    """Re-root the paths a study recorded (MLflow store, rows, Ray experiment) when its results folder
+    was copied or moved here since; a study stored outside ``results`` keeps its paths as they are.
+
+    Studies recorded before the root was (``ROOT_ATTR``) are recognised by their rows folder, which
+    must exist at the same place under ``results``.
+    """
+    if not storage_url.startswith(f"sqlite:///{results}/"):
+        return
+    attrs = study.user_attrs
+    old = attrs.get(keys.ROOT_ATTR)
+    tracked = attrs.get(keys.TRACKING_ATTR, "")
+    if old is None and tracked.startswith("sqlite:///"):
+        old = str(Path(tracked.removeprefix("sqlite:///")).parent)
+        rows = attrs.get(keys.RUNS_ATTR, "")
+        if not rows.startswith(old) or not (results / Path(rows).relative_to(old)).is_dir():
+            old = None  # a store of its own elsewhere, not a moved results folder
+    if old is not None and Path(old) != results:
+        for key in (keys.TRACKING_ATTR, keys.RUNS_ATTR, keys.RAY_ATTR):
+            value = attrs.get(key)
+            if isinstance(value, str) and old in value:
+                study.set_user_attr(key, value.replace(old, str(results), 1))
+        log.warning("this search was recorded under %s: it now reads and writes under %s", old, results)
+    study.set_user_attr(keys.ROOT_ATTR, str(results))
 
 
 def _open_tracking(search: Search, loaded: LoadedSpec) -> None:

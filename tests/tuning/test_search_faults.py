@@ -119,3 +119,42 @@ def test_a_search_whose_every_trial_failed_says_so_and_its_rerun_says_how(tmp_pa
     assert "none of its 2 trials finished" in err and "init.pretrained" in err
     assert len(optuna.load_study(study_name="faults", storage=f"sqlite:///{results / 'optuna.db'}").trials) == 2
     assert files_under(results / "tune") == before
+
+
+@pytest.mark.parametrize("recorded_root", [True, False], ids=["root-recorded", "older-study"])
+def test_a_results_folder_moved_elsewhere_is_followed_not_the_old_paths(tmp_path, recorded_root):
+    """A search's study records absolute paths; copied to a new folder, its records follow it there."""
+    import optuna
+
+    from rbp.tuning import keys
+    from rbp.tuning.launcher import follow_move
+
+    old, new = tmp_path / "old" / "results", tmp_path / "new" / "results"
+    (new / "tune" / "e" / "rows").mkdir(parents=True)
+    url = f"sqlite:///{new}/optuna.db"
+    study = optuna.create_study(study_name="e", storage=url)
+    recorded = {keys.TRACKING_ATTR: f"sqlite:///{old}/mlflow.db", keys.RUNS_ATTR: str(old / "tune" / "e" / "rows"),
+                keys.RAY_ATTR: str(old / "ray" / "e-1")}  # fmt: skip
+    for key, value in {**recorded, **({keys.ROOT_ATTR: str(old)} if recorded_root else {})}.items():
+        study.set_user_attr(key, value)
+    follow_move(study, new, url)
+    attrs = optuna.load_study(study_name="e", storage=url).user_attrs
+    assert attrs[keys.TRACKING_ATTR] == f"sqlite:///{new}/mlflow.db"
+    assert attrs[keys.RUNS_ATTR] == str(new / "tune" / "e" / "rows")
+    assert attrs[keys.RAY_ATTR] == str(new / "ray" / "e-1") and attrs[keys.ROOT_ATTR] == str(new)
+
+
+def test_a_study_with_its_own_store_elsewhere_keeps_its_paths(tmp_path):
+    import optuna
+
+    from rbp.tuning import keys
+    from rbp.tuning.launcher import follow_move
+
+    results, elsewhere = tmp_path / "results", tmp_path / "shared"
+    results.mkdir()
+    url = f"sqlite:///{results}/optuna.db"
+    study = optuna.create_study(study_name="e", storage=url)
+    study.set_user_attr(keys.TRACKING_ATTR, f"sqlite:///{elsewhere}/mlflow.db")
+    study.set_user_attr(keys.RUNS_ATTR, str(results / "tune" / "e" / "rows"))
+    follow_move(study, results, url)
+    assert study.user_attrs[keys.TRACKING_ATTR] == f"sqlite:///{elsewhere}/mlflow.db"
