@@ -56,7 +56,7 @@ def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> Search
     spec = loaded.spec
     url = studies.resolve_storage(opts.study_storage, results)
     storage = studies.open_storage(url)
-    study = studies.open_study(storage, spec.experiment, spec.modes, create=not opts.resume)
+    study = studies.open_study(storage, spec.experiment, spec.modes, create=not opts.resume, metrics=spec.metrics)
     follow_move(study, results, url)
     attrs = study.user_attrs
     if opts.resume and keys.RAY_ATTR not in attrs:

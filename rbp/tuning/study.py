@@ -14,6 +14,7 @@ experiment to restore) lives in the study's user attributes, not in a file of ou
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import optuna
@@ -59,8 +60,14 @@ def open_storage(url: str) -> BaseStorage:
         raise RbpError(f"--study-storage {url}: cannot open it ({type(error).__name__})") from None
 
 
-def open_study(storage: BaseStorage, name: str, modes: list[str], create: bool = True) -> optuna.Study:
-    """Study ``name`` in ``storage``, created with one direction per mode if it does not exist (and ``create``)."""
+def open_study(
+    storage: BaseStorage, name: str, modes: list[str], create: bool = True, metrics: list[str] | None = None
+) -> optuna.Study:
+    """Study ``name`` in ``storage``, created with one direction per mode if it does not exist (and ``create``).
+
+    ``metrics`` name its objectives (``study.metric_names``: optuna-dashboard shows them instead of
+    "Objective 0").
+    """
     directions = ["maximize" if mode == "max" else "minimize" for mode in modes]
     if not create:
         try:
@@ -74,6 +81,10 @@ def open_study(storage: BaseStorage, name: str, modes: list[str], create: bool =
             f"study {name!r} optimises {have}, the spec asks for {', '.join(directions)}: "
             "name a new experiment (or pass another --study-storage)"
         )
+    if metrics is not None and study.metric_names != metrics:
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, unchanged since: not the user's concern
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metrics)
     return study
 
 

@@ -444,6 +444,16 @@ def test_study_storage_is_sqlite_beside_mlflow_or_a_journal_file(tmp_path):
         open_study(open_storage(journal), "e", ["min"])
 
 
+def test_every_study_names_its_objectives_as_the_spec_does(tmp_path):
+    """optuna-dashboard shows a study's metric names instead of "Objective 0 / Objective 1"."""
+    storage = open_storage(resolve_storage(None, tmp_path))
+    pareto = open_study(storage, "p", ["max", "min"], metrics=["val_pgd_acc", "kept_params"])
+    assert optuna.load_study(study_name="p", storage=storage).metric_names == ["val_pgd_acc", "kept_params"]
+    assert pareto.metric_names == ["val_pgd_acc", "kept_params"]
+    open_study(storage, "s", ["max"], metrics=["best_val_pgd_acc"])
+    assert optuna.load_study(study_name="s", storage=storage).metric_names == ["best_val_pgd_acc"]
+
+
 # -- bad input before Ray starts ----------------------------------------------------------------
 def closed_port() -> int:
     with socket.socket() as s:
