@@ -55,3 +55,23 @@ def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_failure(tmp_p
     with atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_atomic_writes_reach_the_disk_before_the_rename_and_the_rename_after(tmp_path, monkeypatch):
+    import os
+
+    from rbp.base import atomic
+    from rbp.base.atomic import atomic_path
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        atomic.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd)
+    )
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    target = tmp_path / "table.md"
+    with atomic_path(target) as tmp:
+        tmp.write_text("| a |")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].endswith(".tmp") and events[1][1] == str(target) and events[2][1] == str(tmp_path)
+    assert target.read_text() == "| a |"

@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from rbp.ablation.jobs import base_config, jobs, shape_only_model
 from rbp.ablation.spec import AblationSpec, FigureSpec  # noqa: E402
 from rbp.ablation.tables import study_rows  # noqa: E402
+from rbp.base.atomic import atomic_path  # noqa: E402
 from rbp.base.errors import RbpError  # noqa: E402
 from rbp.base.metrics import header  # noqa: E402
 from rbp.results import read_results  # noqa: E402
@@ -29,7 +30,8 @@ def _save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
     for path in paths:
         # No creation date in the PDF: re-rendering unchanged results leaves the files unchanged.
         metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
-        fig.savefig(path, bbox_inches="tight", dpi=150, metadata=metadata)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], bbox_inches="tight", dpi=150, metadata=metadata)
     plt.close(fig)
     return paths
 

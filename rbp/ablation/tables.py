@@ -16,6 +16,7 @@ import pandas as pd
 
 from rbp.ablation.jobs import base_config, jobs
 from rbp.ablation.spec import AblationSpec
+from rbp.base.atomic import write_text_atomic
 from rbp.base.metrics import metric
 
 
@@ -181,8 +182,8 @@ def write_tables(spec: AblationSpec, results: pd.DataFrame) -> list[Path]:
         text = markdown(spec, study, results)
         for suffix, content in ((".md", text), (".tex", latex(spec, study, results))):
             path = folder / f"{study}{suffix}"
-            path.write_text(content)
+            write_text_atomic(path, content)
             written.append(path)
         combined.append(text)
-    (folder / "tables.md").write_text("\n".join(combined))
+    write_text_atomic(folder / "tables.md", "\n".join(combined))
     return [*written, folder / "tables.md"]

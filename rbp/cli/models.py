@@ -20,10 +20,10 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from rbp.artefacts.load import load_any
+    from rbp.base.atomic import write_text_atomic
     from rbp.config.load import from_dict
     from rbp.data import Batches, Split, load_splits, to_unit_float
     from rbp.evaluate import accuracy, autoattack_accuracy
-    from rbp.runs.folder import write_text_atomic
     from rbp.train.trainer import resolve_device
 
     device = resolve_device(args.device)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from rbp.base.atomic import write_text_atomic
 from rbp.base.errors import RbpError
 from rbp.base.metrics import pgd_key
 from rbp.config.io import nested
@@ -166,4 +167,4 @@ def _lookup(tree: dict[str, Any], key: str) -> Any:
 def write_config(cfg: Config, path: Path) -> None:
     """Write ``cfg`` as a YAML that ``rbp train --config`` accepts (the ``run`` section left to defaults)."""
     tree = {k: v for k, v in cfg.to_dict().items() if k != "run"}
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(tree, sort_keys=False))
