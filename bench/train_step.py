@@ -29,7 +29,7 @@ from torch.utils.flop_counter import flop_registry
 
 from rbp.config.load import load_config
 from rbp.data import Batches
-from rbp.train.trainer import Trainer
+from rbp.training.trainer import Trainer
 
 EPOCH_IMAGES = 58_800  # a Fashion-MNIST training epoch: 60,000 less the 2% validation split
 

@@ -1,8 +1,14 @@
-"""rbp: robust binary subnetworks found by pruning randomly initialised ±1 networks."""
+"""rbp: robust binary subnetworks found by pruning randomly initialised ±1 networks.
+
+``rbp.train``, ``rbp.load_config``, ``rbp.create_model``, ``rbp.evaluate`` (:mod:`rbp.api`),
+``rbp.load`` and ``rbp.Config`` are imported when first used: ``import rbp`` loads no torch.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from rbp.base.version import __version__
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -10,9 +16,10 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-from rbp.base.version import __version__
+    from rbp.api import create_model, evaluate, load_config, train
+    from rbp.config.schema import Config
 
-__all__ = ["__version__", "load"]
+__all__ = ["Config", "__version__", "create_model", "evaluate", "load", "load_config", "train"]
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -25,3 +32,16 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
 
     model, _ = load_any(path, device)
     return model
+
+
+def __getattr__(name: str) -> Any:
+    """The API's names, imported on first use."""
+    if name == "Config":
+        from rbp.config.schema import Config
+
+        return Config
+    if name in ("train", "load_config", "create_model", "evaluate"):
+        from rbp import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'rbp' has no attribute {name!r}")

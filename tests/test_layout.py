@@ -13,7 +13,7 @@ MAX_LINES = 400
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("rbp.base",)),
     ("config", ("rbp.config.schema", "rbp.config.io", "rbp.config")),
-    ("core", ("rbp.nn", "rbp.models", "rbp.data", "rbp.attacks", "rbp.evaluate", "rbp.train")),
+    ("core", ("rbp.nn", "rbp.models", "rbp.data", "rbp.attacks", "rbp.evaluation", "rbp.training")),
     # Loading a config also checks what needs the architecture registry (an arch exists, explicit
     # per-layer densities name its layers), so it sits above the core that models and data make up.
     ("config loading", ("rbp.config.load",)),
@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("rbp.runs",)),
     ("platform", ("rbp.results", "rbp.ablation", "rbp.tuning")),
     ("cli", ("rbp.cli", "rbp.__main__")),
-    ("api", ("rbp",)),
+    ("api", ("rbp", "rbp.api")),
 ]
 
 

@@ -28,7 +28,7 @@ def run_job(job: Job, rows_folder: Path, keep_model: bool = False) -> dict[str, 
     """Train one cell × seed (resuming its folder if a run was cut short) and write its row; with
     ``keep_model`` its model also goes to :func:`model_path` (for the first seed of a spec)."""
     from rbp.runs.epochs import train_run
-    from rbp.train.trainer import Diverged
+    from rbp.training.trainer import Diverged
 
     try:
         summary = train_run(job.config, resume=True)

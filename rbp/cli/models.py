@@ -23,8 +23,8 @@ def _eval(args: argparse.Namespace) -> int:
     from rbp.base.atomic import write_text_atomic
     from rbp.config.load import from_dict
     from rbp.data import Batches, Split, load_splits, to_unit_float
-    from rbp.evaluate import accuracy, autoattack_accuracy
-    from rbp.train.trainer import resolve_device
+    from rbp.evaluation import accuracy, autoattack_accuracy
+    from rbp.training.trainer import resolve_device
 
     device = resolve_device(args.device)
     model, cfg = load_any(args.checkpoint, device)  # a checkpoint or an exported .rbpz

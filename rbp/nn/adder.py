@@ -18,7 +18,7 @@ Training's attack sees the same surrogate input gradient (the clipped one): the 
 against the attack it can see. Evaluation must not: inside :func:`exact_gradients` every adder
 layer backpropagates the exact ``sign`` form for inputs and weights, i.e. the autograd gradient of
 the forward, so a model cannot look robust because its gradient is a surrogate.
-``rbp.evaluate`` wraps every evaluation (clean/PGD accuracy, AutoAttack) in it.
+``rbp.evaluation`` wraps every evaluation (clean/PGD accuracy, AutoAttack) in it.
 
 Where this departs from the paper / reference code (huawei-noah/AdderNet):
 - every conv and linear layer is an adder layer, the first conv and the classifier included: the

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from rbp.artefacts.checkpoint import load_model, pretrained_weights
@@ -21,10 +20,10 @@ from rbp.base.errors import RbpError
 from rbp.base.metrics import pgd_key
 from rbp.config.schema import Config
 from rbp.data import to_unit_float
-from rbp.evaluate import autoattack_accuracy
+from rbp.evaluation import autoattack_accuracy
 from rbp.models import kept_parameters
 from rbp.runs.folder import RunFolder, run_dir_of, run_lock, write_json
-from rbp.train.trainer import Trainer
+from rbp.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -151,4 +150,3 @@ def train_run(
             if callback is not None:
                 callback(record)
         return summarise(trainer, folder)
-

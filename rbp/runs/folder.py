@@ -8,12 +8,8 @@ An epoch is committed by one atomic rename: ``last.pt``, which carries the whole
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
-import socket
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -21,11 +17,11 @@ from typing import Any
 from rbp.artefacts.checkpoint import read_checkpoint, save_checkpoint
 from rbp.base import files
 from rbp.base.atomic import write_text_atomic
-from rbp.base.lock import exclusive
 from rbp.base.errors import RbpError
+from rbp.base.lock import exclusive
 from rbp.config.schema import Config
 from rbp.models import layer_report
-from rbp.train.trainer import Trainer
+from rbp.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ same files as ``rbp train`` writes (``last.pt`` for an exact resume, ``best.pt``
 ``summary.json`` once finished), so ``rbp export`` and ``rbp eval`` read it like any run.
 When Ray restarts a trial (its worker died, or the search is resumed) it passes the last checkpoint
 back and training continues after that epoch, not from epoch 0. The last epoch's report also
-holds the test metrics of the best model. A NaN loss (:class:`~rbp.train.trainer.Diverged`) ends the trial
+holds the test metrics of the best model. A NaN loss (:class:`~rbp.training.trainer.Diverged`) ends the trial
 with one final report marked ``diverged`` and its reason; the search goes on.
 
 :func:`run_trial` is the loop, free of Ray's session, so tests can drive it directly.
@@ -33,7 +33,7 @@ from rbp.config.schema import Config
 from rbp.models import kept_parameters
 from rbp.runs.epochs import make_trainer, summarise, train_epoch
 from rbp.runs.folder import RunFolder
-from rbp.train.trainer import Diverged, Trainer
+from rbp.training.trainer import Diverged, Trainer
 from rbp.tuning.keys import REPEATS_KEY
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import torch
 import rbp
 from rbp.ablation.jobs import jobs, load_spec, model_path
 from rbp.data import Batches, load_splits
-from rbp.evaluate import accuracy
+from rbp.evaluation import accuracy
 from rbp.results import read_results
 
 REPO = Path(__file__).resolve().parents[2]

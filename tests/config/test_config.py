@@ -107,11 +107,11 @@ def test_trades_attacks_with_bn_in_eval_mode_unless_told(overrides, expected):
 
 def test_evaluation_step_is_independent_of_the_training_attack(monkeypatch):
     """FGSM trains with step 1.25 eps; validation and test PGD-k still step 2.5 eps / k."""
-    import rbp.train.trainer
-    from rbp.train.trainer import Trainer
+    import rbp.training.trainer
+    from rbp.training.trainer import Trainer
 
     seen = []
-    monkeypatch.setattr(rbp.train.trainer, "accuracy", lambda *a, **k: seen.append(k["step_size"]) or {})
+    monkeypatch.setattr(rbp.training.trainer, "accuracy", lambda *a, **k: seen.append(k["step_size"]) or {})
     cfg = load_config(None, ["train.method=fgsm", "model.arch=mlp", "model.width=8"])
     assert cfg.attack.step_size == pytest.approx(1.25 * 0.1)
     trainer = Trainer(cfg)

@@ -218,7 +218,7 @@ def test_real_fashion_mnist_files_train_a_few_steps(tmp_path: Path) -> None:
     assert torch.bincount(splits.test.y).tolist() == [1000] * 10
     assert splits.info.mean[0] == pytest.approx(splits.train.x.float().mean().item() / 255, abs=0.005)
     # A few steps of the default recipe on a slice of the real images: the loss goes down.
-    from rbp.train.trainer import Trainer
+    from rbp.training.trainer import Trainer
 
     cfg = load_config(None, ["data.name=fashion_mnist", "attack.steps=2", "run.device=cpu"])
     trainer = Trainer(cfg, splits=splits)

@@ -13,7 +13,7 @@ from rbp.models.probe import dense_width_for
 from rbp.nn import subnet_layers, weight_layers
 from rbp.nn.lcnn import CenteredSoftplus, LipschitzBatchNorm1d, LipschitzBatchNorm2d, curvature_penalty
 from rbp.runs.epochs import make_trainer, train_run
-from rbp.train.trainer import Trainer
+from rbp.training.trainer import Trainer
 
 TINY = ["train.epochs=1", "model.width=8", "attack.steps=2", "eval.val_pgd_steps=2", "eval.test_pgd_steps=2"]
 LCNN = ["model.mode=dense", "model.activation=centered_softplus", "model.norm=lipschitz", "model.last_bn=lipschitz",

@@ -16,11 +16,11 @@ from rbp.base.errors import RbpError
 from rbp.cli import main
 from rbp.config.load import load_config
 from rbp.data import to_unit_float
-from rbp.evaluate import accuracy, autoattack_accuracy
+from rbp.evaluation import accuracy, autoattack_accuracy
 from rbp.models import build_model, list_models
 from rbp.nn import AdderConv2d, AdderLinear, AdderMixin, adder_layers, exact_gradients, scale_adder_gradients
 from rbp.nn import adder as adder_module
-from rbp.train.trainer import Trainer
+from rbp.training.trainer import Trainer
 
 INFO = {"num_classes": 10, "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.25]}
 

@@ -20,7 +20,7 @@ from rbp.base.errors import RbpError
 from rbp.config.load import load_config
 from rbp.runs.epochs import train_run
 from rbp.runs.folder import read_metrics, run_dir_of
-from rbp.train.trainer import Diverged, Trainer
+from rbp.training.trainer import Diverged, Trainer
 
 FAST = [
     "train.epochs=3",

@@ -9,7 +9,7 @@ import torch
 
 from rbp.config.load import load_config
 from rbp.nn import SubnetMixin
-from rbp.train.trainer import Trainer
+from rbp.training.trainer import Trainer
 
 TINY = ["train.epochs=1", "model.width=8", "attack.steps=3", "eval.val_pgd_steps=2", "run.progress=false"]
 
@@ -93,7 +93,7 @@ def test_compiled_step_equals_the_eager_step(tmp_path):
 
 def test_importing_the_trainer_does_not_import_dynamo():
     """torch._dynamo costs 1.4 s at import: processes that only evaluate (the tune driver, rbp eval) skip it."""
-    code = "import sys, rbp.train.trainer, rbp.tuning.trainable; print('torch._dynamo' in sys.modules)"
+    code = "import sys, rbp.training.trainer, rbp.tuning.trainable; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -138,7 +138,7 @@ def test_captured_step_trains_like_the_eager_step_and_never_leaves_stale_masks(t
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_warm_up_steps_before_a_capture_leave_no_trace(tmp_path, optimizer):
-    from rbp.train.step_graph import undone_updates
+    from rbp.training.step_graph import undone_updates
 
     batches = _batches(2)
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from rbp.config.load import load_config
 from rbp.nn import subnet_layers
 from rbp.runs.epochs import train_run
 from rbp.runs.folder import read_metrics
-from rbp.train.trainer import Diverged, Trainer
+from rbp.training.trainer import Diverged, Trainer
 
 FAST = [
     "train.epochs=1",

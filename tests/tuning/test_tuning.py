@@ -601,7 +601,7 @@ def test_core_imports_neither_ray_nor_mlflow_and_tune_says_what_is_missing(tmp_p
 import sys
 for name in ("ray", "mlflow", "optuna"):
     sys.modules[name] = None  # as if not installed
-import rbp.cli, rbp.train.trainer, rbp.runs.epochs, rbp.artefacts.load, rbp.evaluate, rbp.tuning, rbp.tuning.spec
+import rbp.cli, rbp.training.trainer, rbp.runs.epochs, rbp.artefacts.load, rbp.evaluation, rbp.tuning, rbp.tuning.spec
 from rbp.cli import main
 assert main(["train", "--print-config"]) == 0
 assert main(["tune", {str(spec)!r}, "--results", {str(tmp_path / "r")!r}]) == 2

@@ -21,11 +21,11 @@ from rbp.attacks import bn_mode, pgd, trades_adversary, trades_loss
 from rbp.base.errors import RbpError
 from rbp.config.schema import Config
 from rbp.data import Batches, Split, Splits, load_splits
-from rbp.evaluate import accuracy
+from rbp.evaluation import accuracy
 from rbp.models import build_model, first_non_finite, kept_parameters
 from rbp.nn import clip_binary_weights, compile_model, scale_adder_gradients
 from rbp.nn.lcnn import curvature_penalty
-from rbp.train.step_graph import CapturedStep
+from rbp.training.step_graph import CapturedStep
 
 log = logging.getLogger(__name__)
 
