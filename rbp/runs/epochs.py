@@ -36,18 +36,17 @@ def make_trainer(cfg: Config) -> Trainer:
 
 
 def train_epoch(trainer: Trainer, folder: RunFolder, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Train one epoch, append its record to ``history`` and commit it to ``folder``; the record.
+    """Train one epoch, append its record to ``history`` and commit it to ``folder``.
 
-    The record is :meth:`Trainer.run_epoch`'s metrics plus ``train_seconds``, the wall-clock seconds
-    of training and validation so far (summed over resumes).
+    Returns the record (:meth:`Trainer.run_epoch`'s metrics) with ``train_seconds``, the wall-clock
+    seconds of training and validation so far, summed over resumes (``folder.train_seconds``).
     """
     start = time.perf_counter()
     record = trainer.run_epoch(progress=trainer.cfg.run.progress)
-    before = history[-1].get("train_seconds", 0.0) if history else 0.0
-    record["train_seconds"] = before + time.perf_counter() - start
+    folder.train_seconds += time.perf_counter() - start
     history.append(record)
     folder.commit(trainer, history)
-    return record
+    return {**record, "train_seconds": folder.train_seconds}
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:

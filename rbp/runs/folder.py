@@ -53,6 +53,9 @@ class RunFolder:
         self.dir, self.cfg, self.data_info = run_dir, cfg, data_info
         self.last, self.best = run_dir / files.LAST, run_dir / files.BEST
         self.metrics, self.summary = run_dir / files.METRICS, run_dir / files.SUMMARY
+        # Wall-clock seconds of training and validation so far, over resumes: kept in last.pt's trainer
+        # state, not in the metrics history (which must not depend on the machine or on interruptions).
+        self.train_seconds = 0.0
 
     def start(self, trainer: Trainer) -> None:
         """Write what describes the run before its first epoch: the resolved config and the densities."""
@@ -63,7 +66,8 @@ class RunFolder:
     def commit(self, trainer: Trainer, history: list[dict[str, Any]]) -> None:
         """Commit the epoch just trained: ``last.pt`` (the commit point), then what derives from it."""
         state = {k: v for k, v in trainer.state_dict().items() if k != "model"}
-        save_checkpoint(self.last, self.cfg, self.data_info, trainer.model, {**state, "history": history}, history[-1])
+        state = {**state, "history": history, "train_seconds": self.train_seconds}
+        save_checkpoint(self.last, self.cfg, self.data_info, trainer.model, state, history[-1])
         self._derive(trainer, history)
 
     def _derive(self, trainer: Trainer, history: list[dict[str, Any]]) -> None:
@@ -87,6 +91,7 @@ class RunFolder:
         history = state.get("history")
         if not isinstance(history, list):
             history = [payload["metrics"]]
+        self.train_seconds = float(state.get("train_seconds", payload["metrics"].get("train_seconds", 0.0)))
         trainer.load_state_dict({**state, "model": payload["model"]})
         self._derive(trainer, history)  # a stop between the commit and these writes left them behind
         log.info("resuming %s after epoch %d", self.dir, trainer.epoch)

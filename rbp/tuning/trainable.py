@@ -159,7 +159,8 @@ def run_trial(
                 for trainer, folder, history in zip(trainers, folders, histories, strict=True):
                     done = json.loads(folder.summary.read_text()) if folder.summary.exists() else {}
                     final = {**_final_report(done), "seed": trainer.cfg.seed} if done else {}
-                    reports.append({**_epoch_report(trainer, history[-1]), **final})
+                    record = {**history[-1], "train_seconds": folder.train_seconds}
+                    reports.append({**_epoch_report(trainer, record), **final})
                 report(combine(reports), None)
                 return
         for folder, trainer in zip(folders, trainers, strict=True):
@@ -172,7 +173,7 @@ def run_trial(
                     record = train_epoch(trainer, folder, history)
                 except Diverged as error:
                     log.warning("trial diverged (seed %d): %s", trainer.cfg.seed, error)
-                    seconds = sum(h[-1]["train_seconds"] for h in histories if h)
+                    seconds = sum(folder.train_seconds for folder in folders)
                     report(_diverged_result(trainer, error, seconds), None)
                     return
                 result = _epoch_report(trainer, record)
