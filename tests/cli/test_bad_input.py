@@ -266,7 +266,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
 @pytest.mark.parametrize("argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, argv, needles, capsys, monkeypatch):
     monkeypatch.chdir(ws)
-    monkeypatch.setattr("rbp.tuning.cluster.start_ray", _no_ray)
+    monkeypatch.setattr("rbp.tuning.launcher.start_ray", _no_ray)  # where run_tune looks it up
     before, names = _snapshot(ws), _tree(ws)
     code = main(argv)
     out, err = capsys.readouterr()
