@@ -61,10 +61,12 @@ def _open_search(opts: TuneOptions, loaded: LoadedSpec, results: Path) -> Search
     attrs = study.user_attrs
     if opts.resume and keys.RAY_ATTR not in attrs:
         raise RbpError(f"no search of experiment {spec.experiment!r} to resume; run without --resume")
-    uri = attrs.get(keys.TRACKING_ATTR) or tracking.resolve_tracking_uri(opts.tracking_uri, results)
-    if opts.tracking_uri is not None and tracking.resolve_tracking_uri(opts.tracking_uri, results) != uri:
+    given = tracking.resolve_tracking_uri(opts.tracking_uri, results)  # checked by _check_stores already
+    uri = attrs.get(keys.TRACKING_ATTR) or given
+    if opts.tracking_uri is not None and given != uri:
         raise RbpError(f"search {spec.experiment} logs to {uri}; continue it with that --tracking-uri (or none)")
-    tracking.check_tracking_uri(uri)
+    if uri != given:
+        tracking.check_tracking_uri(uri)  # the study's own store, recorded when it was first run
     runs_dir = Path(attrs.get(keys.RUNS_ATTR) or results / "tune" / spec.experiment / "rows")
     log.info("study %s in %s (optuna-dashboard %s)", spec.experiment, url, url)
     return Search(study, storage, url, uri, runs_dir)
