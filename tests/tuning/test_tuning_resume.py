@@ -2,7 +2,9 @@
 
 The driver runs as a subprocess with a marker in its environment; Ray's processes inherit it, so
 after a SIGKILL the leftovers of *this* search are found by the marker and stopped by PID (never
-``ray stop``, which would stop every Ray process on the machine).
+``ray stop``, which would stop every Ray process on the machine). A gate (``trial_gate/``) holds
+every trial but the first until the driver has been interrupted, so "interrupted mid-search" holds
+on a machine of any speed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rbp.tuning.study import open_storage, resolve_storage
 pytestmark = pytest.mark.slow
 
 RBP = [sys.executable, "-m", "rbp"]
+GATE_CODE = Path(__file__).parent / "trial_gate"
 TINY = {"model.width": 8, "train.epochs": 4, "attack.steps": 2, "eval.val_pgd_steps": 2, "eval.test_pgd_steps": 2}
 
 
@@ -71,8 +74,15 @@ class Driver:
     def __init__(self, folder: Path, marker: str) -> None:
         self.folder, self.marker = folder, marker
         # A private RAY_TMPDIR: this search's Ray session (and its address file) stays out of /tmp/ray.
+        paths = os.pathsep.join(filter(None, [str(GATE_CODE), os.environ.get("PYTHONPATH")]))
         self.env = {**os.environ, "RBP_TEST_MARKER": marker, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",
-                    "RAY_TMPDIR": tempfile.mkdtemp(prefix="rbpt-", dir="/tmp")}  # fmt: skip
+                    "RAY_TMPDIR": tempfile.mkdtemp(prefix="rbpt-", dir="/tmp"),
+                    "RBP_TEST_GATE": str(folder / "gate"), "PYTHONPATH": paths}  # fmt: skip
+        (folder / "gate").mkdir()
+
+    def open_gate(self) -> None:
+        """Lets the held trials train (see ``trial_gate/sitecustomize.py``)."""
+        (self.folder / "gate" / "open").touch()
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = (self.folder / f"{name}.log").open("w")
@@ -124,6 +134,7 @@ def test_killed_driver_then_resume_records_every_trial_once(driver, tmp_path, si
     first = driver.start("first", str(spec))
     wait_for(lambda: len(rows_of(tmp_path)) >= 1 or first.poll() is not None, 240, "a first finished trial")
     assert first.poll() is None, driver.log("first")[-3000:]
+    assert (tmp_path / "gate" / "claimed").exists()  # the trials met the gate (so it holds the others)
     os.kill(first.pid, sig)  # the driver only; Ray's own processes are its children
     code = first.wait(timeout=120)
     if sig == signal.SIGKILL:
@@ -134,8 +145,9 @@ def test_killed_driver_then_resume_records_every_trial_once(driver, tmp_path, si
         assert code == 130, driver.log("first")[-3000:]
         last = [line for line in driver.log("first").splitlines() if line.strip()][-1]
         assert "--resume` continues it" in last and "Tuner.restore" not in driver.log("first")  # rbp's hint only
-    assert len(rows_of(tmp_path)) < 3  # interrupted mid-search
+    assert len(rows_of(tmp_path)) == 1  # interrupted mid-search: the gate held the other two trials
 
+    driver.open_gate()
     second = driver.start("second", str(spec), "--resume")
     assert second.wait(timeout=300) == 0, driver.log("second")[-3000:]
     assert "3 trials in the study (3 complete)" in driver.log("second")
