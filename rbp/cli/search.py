@@ -39,6 +39,10 @@ def _best(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise RbpError(f"--top must be at least 1, got {args.top}")
     check_selection_metric(args.metric, args.allow_test_selection)
+    if args.register is not None:
+        from rbp.tuning.mlflow_model import check_alias
+
+        check_alias(args.alias)
     uri = tracking.resolve_tracking_uri(args.tracking_uri, args.results)
     tracking.check_tracking_uri(uri, must_exist=True)
     ranked = best_runs(uri, args.experiment, args.metric, args.mode, args.top)
@@ -51,6 +55,13 @@ def _best(args: argparse.Namespace) -> int:
         write_config(ranked[0].config, args.write)
         print(f"wrote {args.write} ({ranked[0].run.info.run_name.split(' ')[0]}, {args.metric} {ranked[0].value:.4g}); "
               f"retrain it with: rbp train --config {args.write}")  # fmt: skip
+    if args.register is not None:
+        from rbp.tuning.mlflow_model import register
+
+        version = register(tracking.client(uri), ranked[0].run, args.register, args.alias)
+        print(f"registered {ranked[0].run.info.run_name.split(' ')[0]} as models:/{args.register}/{version.version} "
+              f"(@{args.alias}); serve it with: mlflow models serve -m models:/{args.register}@{args.alias} "
+              "--env-manager local")  # fmt: skip
     return 0
 
 
@@ -82,6 +93,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     best.add_argument("--mode", choices=("max", "min"), default="max")
     best.add_argument("--top", type=int, default=5)
     best.add_argument("--write", type=Path, help="write the best run's config here (YAML for rbp train --config)")
+    best.add_argument("--register", metavar="NAME", help="register the best run's model as a new version of NAME")
+    best.add_argument("--alias", default="champion", help="alias set on the registered version (with --register)")
     best.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///results/mlflow.db)")
     best.add_argument("--results", type=Path, default=Path("results"), help="where the default store lives")
     best.set_defaults(handler=_best)

@@ -78,12 +78,14 @@ class TrialEnd:
         log.info("trial %s %s (MLflow run %s)", trial_id, status, run_id)
 
     def _log_artifacts(self, run_id: str, cfgs: list[Any], checkpoint: Any) -> dict[int, int]:
-        """Log ``config.yaml`` and each seed's kept model as a ``.rbpz``; returns {seed: .rbpz bytes}.
+        """Log ``config.yaml``, each seed's kept model as a ``.rbpz`` and as an MLflow Model (pyfunc);
+        returns {seed: .rbpz bytes}.
 
         A model the ``.rbpz`` format cannot hold (:func:`rbp.artefacts.export.export_run` refuses it) is not
-        logged as a file: the run's ``rbp.artefact`` tag says why, and the config retrains it.
+        logged as a file: the run's ``rbp.artefact`` tag says why; its MLflow Model wraps the checkpoint.
         """
         from rbp.artefacts.export import export_run
+        from rbp.tuning.mlflow_model import log_model
 
         repeats, sizes = len(cfgs), {}
         with tempfile.TemporaryDirectory(prefix="rbp-artefacts-") as tmp:
@@ -103,9 +105,12 @@ class TrialEnd:
                         export_run(best, out)
                     except RbpError as error:
                         self.client.set_tag(run_id, "rbp.artefact", f"no .rbpz: {error}"[:500])
-                        return sizes
-                    sizes[cfg.seed] = out.stat().st_size
-                    self.client.log_artifact(run_id, str(out), None if repeats == 1 else out.parent.name)
+                        out = best  # the MLflow Model carries the checkpoint instead
+                    else:
+                        sizes[cfg.seed] = out.stat().st_size
+                        self.client.log_artifact(run_id, str(out), None if repeats == 1 else out.parent.name)
+                    name = "model" if repeats == 1 else f"model-seed{cfg.seed}"
+                    log_model(self.tracking_uri, run_id, out, cfg, name)
         return sizes
 
     def _row(self, trial_id, run, config, cfg, last, status, reason, artifact_bytes) -> dict[str, Any]:
