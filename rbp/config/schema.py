@@ -98,19 +98,19 @@ def _is_number(annotation: Any) -> bool:
 
 
 class DataConfig(_Section):
-    name: DatasetName = "digits"
+    name: DatasetName = Field("digits", description="data set; digits is bundled, the others read data.root")
     root: Path | None = Field(
         None, description="folder of the data set files; fashion_mnist: /usr/share/datasets/fashion-mnist if unset"
     )
     download: bool = Field(False, description="download into root when missing (needs network)")
     val_fraction: float | None = Field(None, ge=0.0, lt=0.5, description="held out of train for model selection")
     augment: bool | None = Field(None, description="random crop (pad 4) + horizontal flip; default on for CIFAR")
-    batch_size: int = Field(128, gt=0)
-    eval_batch_size: int = Field(500, gt=0)
+    batch_size: int = Field(128, gt=0, description="training batch size")
+    eval_batch_size: int = Field(500, gt=0, description="batch size of validation and test evaluation")
     split_seed: int = Field(0, description="seed of the train/val/test split, independent of the run seed")
-    synthetic_shape: tuple[int, int, int] = (3, 32, 32)
-    synthetic_classes: int = Field(10, ge=2)
-    synthetic_size: int = Field(1024, gt=0)
+    synthetic_shape: tuple[int, int, int] = Field((3, 32, 32), description="synthetic: [channels, height, width]")
+    synthetic_classes: int = Field(10, ge=2, description="synthetic: number of classes")
+    synthetic_size: int = Field(1024, gt=0, description="synthetic: training images (the test split has a fifth)")
 
     @field_validator("synthetic_shape")
     @classmethod
@@ -130,8 +130,12 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    arch: str = "convnet"
-    mode: Literal["subnet", "binary", "dense", "adder"] = "subnet"
+    arch: str = Field("convnet", description="architecture: mlp, convnet, resnet18, resnet34, resnet50, wrn34_10")
+    mode: Literal["subnet", "binary", "dense", "adder"] = Field(
+        "subnet",
+        description="subnet: fixed ±s weights, trained scores pick the kept ones; binary: BNN (sign + STE); "
+        "dense: full precision; adder: AdderNet (-L1 layers)",
+    )
     width: int | None = Field(
         None,
         gt=0,
@@ -140,10 +144,12 @@ class ModelConfig(_Section):
         "resnet*: channels of the first stage, doubled at each stage (64); wrn34_10: the widen factor (10)",
     )
     last_bn: Literal["none", "nonaffine", "lipschitz"] = Field("nonaffine", description="BN over the logits")
-    activation: Literal["relu", "centered_softplus"] = "relu"
+    activation: Literal["relu", "centered_softplus"] = Field("relu", description="hidden activation")
     norm: Literal["batchnorm", "lipschitz"] = Field("batchnorm", description="hidden BNs; lipschitz caps their gain")
     spectral_norm: bool = Field(False, description="spectrally normalised conv/linear weights (dense mode)")
-    stem: Literal["cifar", "imagenet"] = "cifar"
+    stem: Literal["cifar", "imagenet"] = Field(
+        "cifar", description="resnet* first layer: cifar 3x3 conv; imagenet 7x7 stride-2 conv + max pool"
+    )
 
 
 class InitConfig(_Section):
@@ -156,7 +162,9 @@ class InitConfig(_Section):
 
 class SparsityConfig(_Section):
     density: float = Field(0.1, gt=0.0, le=1.0, description="global kept fraction K in (0, 1]")
-    allocation: Literal["adaptive", "uniform", "erk", "explicit"] = "adaptive"
+    allocation: Literal["adaptive", "uniform", "erk", "explicit"] = Field(
+        "adaptive", description="how the global density is split over the layers (explicit: layer_densities)"
+    )
     p: float = Field(0.1, ge=0.0, le=1.0, description="adaptive exponent: layer i keeps c * n_i**p weights")
     layer_densities: dict[str, float] | None = Field(None, description="explicit per-layer densities")
 
@@ -178,30 +186,34 @@ class SparsityConfig(_Section):
 class AttackConfig(_Section):
     """The threat model: used to train (pgd, fgsm, trades) and to evaluate."""
 
-    norm: Literal["linf", "l2"] = "linf"
+    norm: Literal["linf", "l2"] = Field("linf", description="norm of the threat model's ball")
     eps: float | None = Field(None, ge=0.0, description="radius in pixel units ([0, 1] images)")
-    step_size: float | None = Field(None, gt=0.0)
-    steps: int = Field(10, ge=1)
-    random_start: bool = True
+    step_size: float | None = Field(
+        None, gt=0.0, description="training attack step in pixel units; None: the data set's (fgsm: 1.25 * eps)"
+    )
+    steps: int = Field(10, ge=1, description="PGD steps of the training attack (fgsm takes one)")
+    random_start: bool = Field(True, description="start the training attack at a random point of the ball")
     best_loss: bool = Field(False, description="return the iterate with the highest loss, not the last")
 
 
 class TrainConfig(_Section):
-    method: Literal["pgd", "fgsm", "trades", "clean"] = "pgd"
-    trades_beta: float = Field(6.0, ge=0.0)
+    method: Literal["pgd", "fgsm", "trades", "clean"] = Field(
+        "pgd", description="adversarial training: PGD-AT, FGSM with random start, TRADES, or none (clean)"
+    )
+    trades_beta: float = Field(6.0, ge=0.0, description="TRADES weight of the robustness (KL) term")
     attack_bn: Literal["train", "eval"] | None = Field(
         None,
         description="BN mode while the training attack runs; None: eval for trades (as published), train otherwise",
     )
-    epochs: int = Field(15, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0.0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    epochs: int = Field(15, ge=1, description="training epochs (digits and MNIST-likes: their recipe's if unset)")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="optimizer of the scores (or weights)")
+    lr: float = Field(0.1, gt=0.0, description="initial learning rate")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    nesterov: bool = Field(False, description="SGD with Nesterov momentum")
+    weight_decay: float = Field(5e-4, ge=0.0, description="L2 weight decay")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning-rate schedule")
     milestones: list[float] = Field([0.5, 0.75], description="step schedule: fractions of the epochs")
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step schedule: lr factor at each milestone")
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="autocast dtype of training steps (fp16: scaled)")
     channels_last: bool = Field(False, description="channels-last memory format for model and images")
     adder_eta: float = Field(0.1, gt=0.0, description="AdderNet's adaptive lr: adder weight grads scaled to eta·√k")
@@ -238,8 +250,8 @@ class EvalConfig(_Section):
         2.5, gt=0.0, description="PGD step of validation and test attacks = step_scale * eps / steps (Madry et al.)"
     )
     val_pgd_steps: int = Field(10, ge=1, description="PGD steps on the validation split, picks the best checkpoint")
-    test_pgd_steps: int = Field(20, ge=1)
-    test_restarts: int = Field(1, ge=1)
+    test_pgd_steps: int = Field(20, ge=1, description="PGD steps on the test split (the reported robust accuracy)")
+    test_restarts: int = Field(1, ge=1, description="random restarts of the test PGD attack")
     autoattack: bool = Field(False, description="run AutoAttack (standard) on the test split after training")
     autoattack_samples: int | None = Field(None, gt=0, description="evaluate AutoAttack on the first N test images")
 
@@ -247,22 +259,24 @@ class EvalConfig(_Section):
 class RunConfig(_Section):
     """Where and how to run; not part of the run id (the same experiment on another machine)."""
 
-    out_dir: Path = Path("runs")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    progress: bool = True
+    out_dir: Path = Field(Path("runs"), description="a run is written to out_dir/<run id>")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
+    progress: bool = Field(True, description="a progress bar per epoch")
     data_on_device: bool = Field(False, description="keep the training split on the device (GPU-resident data)")
 
 
 class Config(_Section):
-    seed: int = 0
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    init: InitConfig = InitConfig()
-    sparsity: SparsityConfig = SparsityConfig()
-    attack: AttackConfig = AttackConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    run: RunConfig = RunConfig()
+    """One run of rbp train: every public knob; unset fields take their defaults."""
+
+    seed: int = Field(0, description="run seed: weights, scores, batch order, attack starts (split: data.split_seed)")
+    data: DataConfig = Field(DataConfig(), description="the data set and its batches")
+    model: ModelConfig = Field(ModelConfig(), description="the architecture and its kind of weights")
+    init: InitConfig = Field(InitConfig(), description="initial weights and scores")
+    sparsity: SparsityConfig = Field(SparsityConfig(), description="how many weights each layer keeps")
+    attack: AttackConfig = Field(AttackConfig(), description="the threat model: trains and evaluates")
+    train: TrainConfig = Field(TrainConfig(), description="the training recipe")
+    eval: EvalConfig = Field(EvalConfig(), description="validation (model selection) and test attacks")
+    run: RunConfig = Field(RunConfig(), description="where and how it runs; not part of the run id")
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Config:
