@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -36,14 +37,18 @@ REQUIREMENTS = ("torch", "numpy")  # besides rbp itself, what the pyfunc imports
 
 
 class RbpPyfunc(mlflow.pyfunc.PythonModel):
-    """``predict``: images (N, C, H, W) float32 in [0, 1] -> logits (N, classes) float32, on the CPU."""
+    """``predict``: images (N, C, H, W) float32 in [0, 1] -> logits (N, classes) float32, on the CPU.
+
+    Logged as code (``pyfunc_code.py``), as MLflow 3 recommends, not as a pickled instance.
+    """
 
     def load_context(self, context: Any) -> None:
         from rbp import load
 
         self.model = load(context.artifacts[MODEL_FILE])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    # np.ndarray: a type hint MLflow accepts without reading a schema from it (the signature is the schema).
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
 
         with torch.no_grad():
@@ -73,20 +78,33 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(before)
 
 
-def log_model(tracking_uri: str, run_id: str, model_file: Path, cfg: Config, name: str = "model") -> str:
-    """Log ``model_file`` (``.rbpz`` or ``.pt``) as an MLflow Model of run ``run_id``; returns its model id."""
+def log_model(client: Any, run_id: str, model_file: Path, cfg: Config, name: str = "model") -> str:
+    """Log ``model_file`` (``.rbpz`` or ``.pt``) as an MLflow Model of run ``run_id``; returns its model id.
+
+    ``client`` is the ``MlflowClient`` of the run's store. The model is created in the run's
+    experiment with the run's params (so the Models tab compares trials by their config); left to
+    itself ``Model.log`` would file it under the process's active experiment.
+    """
+    run = client.get_run(run_id)
+    model = client.create_logged_model(
+        run.info.experiment_id, name=name, source_run_id=run_id, params=run.data.params, model_type="rbp"
+    )
     requirements = [f"rbp=={__version__}", *(f"{p}=={metadata.version(p)}" for p in REQUIREMENTS)]
-    with fluent_tracking_uri(tracking_uri):
-        info = Model.log(
+    with fluent_tracking_uri(client.tracking_uri), warnings.catch_warnings():
+        # Advice that does not apply: the signature is given (no input example needed).
+        warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)
+        Model.log(
+            None,  # artifact_path: deprecated for name, still positional
             name=name,
             flavor=mlflow.pyfunc,
             run_id=run_id,
-            python_model=RbpPyfunc(),
+            model_id=model.model_id,
+            python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # code, not a pickle
             artifacts={MODEL_FILE: str(model_file)},
             signature=signature(cfg),
             pip_requirements=requirements,  # given, so MLflow does not load the model to infer them
         )
-    return info.model_id
+    return model.model_id
 
 
 def register(client: Any, run: Any, name: str, alias: str) -> Any:
@@ -103,13 +121,17 @@ def register(client: Any, run: Any, name: str, alias: str) -> Any:
         )
     model_id = sorted(models, key=lambda m: m.name)[0].model_id  # "model", or the lowest seed's
     try:
-        try:
-            client.create_registered_model(name)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        version = client.create_model_version(name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id)
-        client.set_registered_model_alias(name, alias, version.version)
+        # The registry resolves a models:/ source through the process-wide tracking URI.
+        with fluent_tracking_uri(client.tracking_uri):
+            try:
+                client.create_registered_model(name)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            version = client.create_model_version(
+                name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id
+            )
+            client.set_registered_model_alias(name, alias, version.version)
     except MlflowException as error:
         raise RbpError(f"--register {name}: {str(error.message).splitlines()[0]}") from None
     return version

@@ -110,7 +110,7 @@ class TrialEnd:
                         sizes[cfg.seed] = out.stat().st_size
                         self.client.log_artifact(run_id, str(out), None if repeats == 1 else out.parent.name)
                     name = "model" if repeats == 1 else f"model-seed{cfg.seed}"
-                    log_model(self.tracking_uri, run_id, out, cfg, name)
+                    log_model(self.client, run_id, out, cfg, name)
         return sizes
 
     def _row(self, trial_id, run, config, cfg, last, status, reason, artifact_bytes) -> dict[str, Any]:

@@ -237,3 +237,30 @@ def test_a_killed_worker_restarts_from_its_last_checkpoint(tmp_path):
     assert marker.exists() and grid.num_errors == 0 and grid[0].metrics["epoch"] == 4
     assert epochs.count(1) == 1 and epochs[-1] == 4, epochs  # restarted after epoch 1 or 2, never from 0
     assert "test_clean_acc" in grid[0].metrics
+
+
+def test_best_registers_the_winner_as_an_mlflow_model_that_loads_as_rbp_load(search, capsys):
+    import mlflow
+    import numpy as np
+    import torch
+
+    import rbp
+    from rbp.tuning.mlflow_model import fluent_tracking_uri
+
+    bad = ["best", "--experiment", "e2e", "--tracking-uri", search.uri, "--register", "rbp-e2e", "--alias", "v1"]
+    assert main(bad) == 2 and "--alias 'v1'" in capsys.readouterr().err
+    assert search.client.search_registered_models() == []  # refused before anything was registered
+    assert main(["best", "--experiment", "e2e", "--tracking-uri", search.uri, "--register", "rbp-e2e"]) == 0
+    assert "as models:/rbp-e2e/1 (@champion); serve it with: mlflow models serve" in capsys.readouterr().out
+    done, bad_trial = by_status(search.rows, "finished"), by_status(search.rows, "diverged")
+    assert search.client.get_model_version_by_alias("rbp-e2e", "champion").run_id == done["mlflow_run_id"]
+    experiment = search.client.get_experiment_by_name("e2e").experiment_id
+    by_run = f"source_run_id = '{bad_trial['mlflow_run_id']}'"
+    assert search.client.search_logged_models([experiment], by_run) == []  # a diverged trial has no model
+    with fluent_tracking_uri(search.uri):
+        folder = Path(mlflow.artifacts.download_artifacts("models:/rbp-e2e@champion"))
+        model = mlflow.pyfunc.load_model(str(folder))
+    (checkpoint,) = (folder / "artifacts").iterdir()  # a dense model: its best.pt (no .rbpz)
+    batch = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        assert np.array_equal(model.predict(batch), rbp.load(checkpoint)(torch.from_numpy(batch)).numpy())
