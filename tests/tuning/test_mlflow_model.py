@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -21,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.exceptions import MlflowException
+from servers import free_port, request, serving
 
 import rbp
 from rbp.artefacts.load import load_any
@@ -106,21 +102,6 @@ def test_register_refuses_a_run_without_a_model_and_a_reserved_alias(store):
     check_alias("champion")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
 @pytest.mark.slow
 def test_a_registered_model_served_by_mlflow_answers_as_rbp_load(store, tmp_path):
     uri, client, experiment = store
@@ -131,36 +112,21 @@ def test_a_registered_model_served_by_mlflow_answers_as_rbp_load(store, tmp_path
     port = free_port()
     bin_dir = Path(sys.executable).parent  # mlflow and the uvicorn it runs, as in an activated venv
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/rbp-digits@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=(tmp_path / "serve.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # until the server answers its health check (or gives up)
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/rbp-digits@champion",
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    with serving(command, env, tmp_path / "serve.log", f"http://127.0.0.1:{port}/ping") as server:
         batch = images(8, seed=2)
-        status, answer = post(f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": batch.tolist()}).encode())
+        status, answer = request(
+            f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": batch.tolist()}).encode()
+        )
         assert status == 200, answer
         served = np.asarray(answer["predictions"], dtype=np.float32)
         # float32 -> JSON -> float32 is exact; the server computes with the same torch on the same CPU.
         np.testing.assert_allclose(served, reference(SUBNET, batch), rtol=0, atol=1e-5)
         assert np.array_equal(served.argmax(1), reference(SUBNET, batch).argmax(1))
         wrong = json.dumps({"inputs": np.zeros((2, 3, 8, 8)).tolist()}).encode()
-        status, answer = post(f"http://127.0.0.1:{port}/invocations", wrong)
+        status, answer = request(f"http://127.0.0.1:{port}/invocations", wrong)
         assert 400 <= status < 500 and "shape" in json.dumps(answer), (status, answer)
-        status, _ = post(f"http://127.0.0.1:{port}/invocations", b"{not json")
+        status, _ = request(f"http://127.0.0.1:{port}/invocations", b"{not json")
         assert 400 <= status < 500
         assert server.poll() is None  # bad requests did not bring it down
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
