@@ -15,6 +15,7 @@ which); output: float32 logits ``(N, classes)``. Serving needs rbp installed whe
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from rbp.base.version import __version__
 from rbp.config.schema import Config, data_shape
 
 MODEL_FILE = "model"  # the pyfunc's artifact key: the .rbpz or .pt it wraps
+PROGRESS_BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 REQUIREMENTS = ("torch", "numpy")  # besides rbp itself, what the pyfunc imports
 
 
@@ -68,14 +70,20 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's fluent functions (``Model.log`` among them) at ``uri``, then the process's URI again.
 
     They resolve the process-wide tracking URI, not a client's; rbp's recorder writes with a
-    client of its own store, on one thread, so switching around one call is safe.
+    client of its own store, on one thread, so switching around one call is safe. Meanwhile MLflow
+    draws no progress bars (copying a model's file into it would print one into a search's output).
     """
-    before = mlflow.get_tracking_uri()
+    before, bars = mlflow.get_tracking_uri(), os.environ.get(PROGRESS_BARS)
     mlflow.set_tracking_uri(uri)
+    os.environ[PROGRESS_BARS] = "false"
     try:
         yield
     finally:
         mlflow.set_tracking_uri(before)
+        if bars is None:
+            os.environ.pop(PROGRESS_BARS, None)
+        else:
+            os.environ[PROGRESS_BARS] = bars
 
 
 def log_model(client: Any, run_id: str, model_file: Path, cfg: Config, name: str = "model") -> str:
