@@ -69,6 +69,7 @@ def print_summary(loaded: LoadedSpec, search: Search, seconds: float) -> None:
     print(f"\nMLflow (experiment {spec.experiment}): {search.tracking_uri}")
     print(f"rows: {search.runs_dir}")
     print(f"best config: rbp best --experiment {spec.experiment} --write best.yaml")
+    print(f"best model to the registry: rbp best --experiment {spec.experiment} --register {spec.experiment}")
     print(f"extend: rbp tune {loaded.path} --trials {len(trials) + spec.trials}")
 
 
