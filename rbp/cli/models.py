@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rbp.base.errors import RbpError
-from rbp.cli.options import add_quiet
+from rbp.cli.options import add_command, add_quiet
 
 if TYPE_CHECKING:
     from rbp.artefacts.sizes import SizeBreakdown
@@ -142,29 +142,56 @@ def _print_sizes(sizes: SizeBreakdown) -> None:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``rbp eval``, ``rbp export`` and ``rbp info`` to the ``rbp`` parser's commands."""
-    ev = commands.add_parser("eval", help="evaluate a checkpoint: clean, PGD or AutoAttack accuracy")
+    ev = add_command(
+        commands,
+        "eval",
+        "evaluate a checkpoint: clean, PGD or AutoAttack accuracy, printed as JSON",
+        [
+            "rbp eval results/digits/models/baselines.subnet_ours.rbpz --attack pgd --steps 50 --restarts 5",
+            "rbp eval results/digits/models/baselines.fp_pgd_at.pt --attack autoattack --samples 100",
+            "rbp eval results/digits/models/density.density_0_01.rbpz --attack clean --split val --out result.json",
+        ],
+    )
     ev.add_argument("checkpoint", type=Path, help="a run's best.pt or last.pt, or an exported .rbpz")
-    ev.add_argument("--attack", choices=("clean", "pgd", "autoattack"), default="pgd")
+    ev.add_argument(
+        "--attack", choices=("clean", "pgd", "autoattack"), default="pgd", help="no attack, PGD, or standard AutoAttack"
+    )
     ev.add_argument("--steps", type=int, default=20, help="PGD steps")
     ev.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
     ev.add_argument("--eps", type=float, help="radius in pixel units; default: the run's attack.eps")
     ev.add_argument("--step-size", type=float, help="PGD step; default: the run's eval.step_scale * eps / steps")
     ev.add_argument("--norm", choices=("linf", "l2"), help="default: the run's attack.norm")
-    ev.add_argument("--split", choices=("test", "val"), default="test")
+    ev.add_argument("--split", choices=("test", "val"), default="test", help="the split of the run's data set")
     ev.add_argument("--samples", type=int, help="only the first N images of the split")
-    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--batch-size", type=int, default=500, help="images per forward pass")
     ev.add_argument("--data-root", type=Path, help="where the data set lives on this machine")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
     ev.add_argument("--out", type=Path, help="also write the result as JSON here")
     add_quiet(ev)
     ev.set_defaults(handler=_eval)
 
-    export = commands.add_parser("export", help="write a subnet as a compact .rbpz artefact (seed + masks)")
+    export = add_command(
+        commands,
+        "export",
+        "write a subnet as a compact .rbpz artefact (seed + masks + BN statistics)",
+        [
+            "rbp export runs/551120ad952b --out model.rbpz   # after `rbp train`: the default run's folder",
+            "rbp export runs/551120ad952b/last.pt --out last.rbpz",
+        ],
+    )
     export.add_argument("source", type=Path, help="a run folder (its best.pt is exported) or a checkpoint")
     export.add_argument("--out", type=Path, help="the .rbpz to write; default: model.rbpz beside the checkpoint")
     export.set_defaults(handler=_export)
 
-    info = commands.add_parser("info", help="describe a .rbpz: arch, per-layer densities, sizes, metrics")
+    info = add_command(
+        commands,
+        "info",
+        "describe a .rbpz: arch, per-layer densities, sizes, metrics",
+        [
+            "rbp info results/digits/models/baselines.subnet_ours.rbpz",
+            "rbp info results/fashion_mnist/models/density.99_pruned.rbpz",
+        ],
+    )
     info.add_argument("artefact", type=Path, help="an exported .rbpz")
     info.set_defaults(handler=_info)

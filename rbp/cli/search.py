@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rbp.base.errors import RbpError
 from rbp.cli.models import check_out
-from rbp.cli.options import add_overrides, add_quiet
+from rbp.cli.options import add_command, add_overrides, add_quiet
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -67,7 +67,16 @@ def _best(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``rbp tune`` and ``rbp best`` to the ``rbp`` parser's commands."""
-    tune = commands.add_parser("tune", help="hyperparameter search from a spec (Ray Tune + Optuna, MLflow tracking)")
+    tune = add_command(
+        commands,
+        "tune",
+        "hyperparameter search from a spec (Ray Tune + Optuna, MLflow tracking)",
+        [
+            "rbp tune tune/digits.yaml --trials 20",
+            "rbp tune tune/digits.yaml --resume   # continue an interrupted search",
+            "rbp tune tune/fashion_mnist.yaml --address auto --set train.epochs=2",
+        ],
+    )
     tune.add_argument("spec", type=Path, nargs="?", help="search spec YAML (default: tune/digits.yaml)")
     tune.add_argument("--address", help="Ray cluster to run on: auto, HOST:PORT or ray://HOST:PORT (default: local)")
     tune.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///results/mlflow.db)")
@@ -86,12 +95,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_quiet(tune)
     tune.set_defaults(handler=_tune)
 
-    best = commands.add_parser("best", help="the best runs of an MLflow experiment; --write a config to retrain")
+    best = add_command(
+        commands,
+        "best",
+        "the best runs of an MLflow experiment; --write a config to retrain, --register the model",
+        [
+            "rbp best --experiment digits --top 10",
+            "rbp best --experiment digits --write best.yaml   # then: rbp train --config best.yaml",
+            "rbp best --experiment fashion_mnist --register rbp-fashion-mnist --alias champion",
+        ],
+    )
     best.add_argument("--experiment", required=True, help="MLflow experiment (the spec's `experiment`)")
     best.add_argument("--metric", default="best_val_pgd_acc", help="rank by this metric (default best_val_pgd_acc)")
     best.add_argument("--allow-test-selection", action="store_true", help="allow ranking by a test_* metric")
-    best.add_argument("--mode", choices=("max", "min"), default="max")
-    best.add_argument("--top", type=int, default=5)
+    best.add_argument("--mode", choices=("max", "min"), default="max", help="max: higher is better (accuracies)")
+    best.add_argument("--top", type=int, default=5, help="how many runs to list")
     best.add_argument("--write", type=Path, help="write the best run's config here (YAML for rbp train --config)")
     best.add_argument("--register", metavar="NAME", help="register the best run's model as a new version of NAME")
     best.add_argument("--alias", default="champion", help="alias set on the registered version (with --register)")

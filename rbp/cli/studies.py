@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rbp.cli.options import add_overrides, add_quiet
+from rbp.cli.options import add_command, add_overrides, add_quiet
 
 
 def _render(spec) -> None:
@@ -40,14 +40,28 @@ def _tables(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``rbp ablate`` and ``rbp tables`` to the ``rbp`` parser's commands."""
-    ablate = commands.add_parser("ablate", help="run an ablation spec's missing cells, then render its tables")
-    ablate.add_argument("spec", type=Path, help="e.g. ablations/digits_paper.yaml")
+    ablate = add_command(
+        commands,
+        "ablate",
+        "run an ablation spec's missing cells, then render its tables and figures",
+        [
+            "rbp ablate ablations/digits_paper.yaml",
+            "rbp ablate ablations/fashion_mnist.yaml --address auto   # the cells as Ray tasks on a running cluster",
+            "rbp ablate ablations/cifar10_resnet18.yaml --set data.root=/data/cifar10",
+        ],
+    )
+    ablate.add_argument("spec", type=Path, help="ablation spec YAML (base config, cells, seeds, tables)")
     ablate.add_argument("--address", help="run the cells as Ray tasks on this cluster (e.g. auto)")
     add_overrides(ablate, "add to the spec's base for every cell, e.g. --set data.root=/data/cifar10 (repeatable)")
     add_quiet(ablate)
     ablate.set_defaults(handler=_ablate)
 
-    tables = commands.add_parser("tables", help="render an ablation spec's tables and figures from its results")
-    tables.add_argument("spec", type=Path)
+    tables = add_command(
+        commands,
+        "tables",
+        "render an ablation spec's tables and figures from its results (runs nothing)",
+        ["rbp tables ablations/digits_paper.yaml", "rbp tables ablations/fashion_mnist_gap.yaml"],
+    )
+    tables.add_argument("spec", type=Path, help="the ablation spec YAML whose results to render")
     add_overrides(tables, "as for rbp ablate: the same --set gives the same cells")
     tables.set_defaults(handler=_tables)
