@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rbp.cli import models, search, studies, train
+from rbp.cli import completion, config, models, search, studies, train
 from rbp.cli.options import Parser
 
 DESCRIPTION = """\
@@ -17,7 +17,9 @@ examples:
   rbp train                                       # the default run: subnet conv net on digits, PGD
   rbp train --print-config                        # every knob, commented, with its resolved value
   rbp eval results/digits/models/baselines.subnet_ours.rbpz --attack autoattack --samples 100
-  rbp ablate ablations/digits_paper.yaml"""
+  rbp ablate ablations/digits_paper.yaml
+
+Tab completion: eval "$(rbp completion bash)" (zsh: eval "$(rbp completion zsh)")."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="command",
         help="`rbp command --help`: its options and examples",
     )
-    for group in (train, models, studies, search):
+    for group in (train, models, studies, search, config):
         group.add_commands(commands)
+    completion.add_commands(commands, parser)  # its script is read from the whole parser when it runs
     return parser

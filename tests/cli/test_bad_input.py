@@ -256,6 +256,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("best-top-0", ["best", "--experiment", "e", "--top", "0"], ["--top"]),
     ("best-mode-foo", ["best", "--experiment", "e", "--mode", "best"], ["--mode"]),
     ("best-no-experiment", ["best"], ["--experiment"]),
+    # --- rbp config / completion --------------------------------------------------------------
+    ("config-typo-key", ["config", "--set", "train.epoch=3"], ["train.epoch", "--print-config"]),
+    ("config-schema-with-set", ["config", "--schema", "--set", "train.epochs=3"], ["--schema", "--set"]),
+    ("config-schema-with-config", ["config", "--schema", "--config", "list.yaml"], ["--schema", "--config"]),
+    ("completion-fish", ["completion", "fish"], ["fish", "bash"]),
+    ("completion-no-shell", ["completion"], ["shell"]),
     # --- the command line itself ---------------------------------------------------------------
     ("no-command", [], ["command"]),
     ("unknown-command", ["trian"], ["trian"]),
@@ -300,4 +306,4 @@ def test_eval_saves_its_result_before_anything_else_can_fail(ws, tmp_path, monke
 def test_the_suite_covers_every_command():
     assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
     commands = {c[1][0] for c in CASES if c[1]}
-    assert {"train", "eval", "export", "info", "ablate", "tables", "tune", "best"} <= commands
+    assert {"train", "eval", "export", "info", "ablate", "tables", "tune", "best", "config", "completion"} <= commands

@@ -36,7 +36,7 @@ def _help(argv: list[str], capsys, monkeypatch) -> str:
 
 def test_rbp_help_describes_rbp_and_every_command_in_a_line(capsys, monkeypatch):
     text = _help([], capsys, monkeypatch)
-    assert "robust binary subnetworks" in text and "examples:" in text
+    assert "robust binary subnetworks" in text and "examples:" in text and "rbp completion bash" in text
     for name, command in _commands().items():
         (line,) = [line for line in text.splitlines() if line.split()[:1] == [name]]
         assert len(line.split()) > 3, f"{name} has no one-line description"
