@@ -45,9 +45,9 @@ class RbpPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from rbp import load
+        from rbp.artefacts.load import load_any  # what rbp.load runs
 
-        self.model = load(context.artifacts[MODEL_FILE])
+        self.model, _ = load_any(context.artifacts[MODEL_FILE])
 
     # np.ndarray: a type hint MLflow accepts without reading a schema from it (the signature is the schema).
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
