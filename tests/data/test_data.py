@@ -45,19 +45,28 @@ def test_digits_shapes_dtypes_ranges(digits) -> None:
     assert digits.info.std[0] == pytest.approx(everything.std().item(), abs=1e-3)
 
 
-def test_digits_are_sklearns_images_and_labels_without_importing_sklearn() -> None:
-    """The CSV read directly is load_digits() exactly; loading it leaves sklearn (2 s) unimported."""
+# Taken from scikit-learn 1.9.1's load_digits() when the file was copied into rbp: the pixel counts
+# (0..16, uint8, in order) and the labels (uint8) hash to these, so the packaged digits are sklearn's exactly.
+DIGITS_PIXELS_SHA256 = "8f26b2bd9d135c256808f68f14fdabddde6d9c7f869ae419704b051f0f14b3b3"
+DIGITS_LABELS_SHA256 = "8ba4f891220f5e4c9c819638d1602d74b83618f167043c6da52a2a247841ddf0"
+DIGITS_PER_LABEL = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+
+
+def test_digits_are_sklearns_images_and_labels_shipped_in_the_package() -> None:
+    """The CSV inside rbp is scikit-learn's digits exactly; loading it imports no sklearn (2 s) and needs none."""
+    import hashlib
     import subprocess
     import sys
-
-    from sklearn.datasets import load_digits as sklearn_digits
 
     from rbp.data.digits import load_digits
 
     split, _ = load_digits()
-    reference = sklearn_digits()
-    assert torch.equal(split.x, torch.from_numpy(reference.images).float().div(16).unsqueeze(1))
-    assert torch.equal(split.y, torch.from_numpy(reference.target).long())
+    assert split.x.shape == (1797, 1, 8, 8) and split.y.shape == (1797,)
+    counts = (split.x * 16).round().to(torch.uint8)
+    assert torch.equal(counts.float() / 16, split.x)  # every pixel is a count / 16, nothing else
+    assert hashlib.sha256(counts.numpy().tobytes()).hexdigest() == DIGITS_PIXELS_SHA256
+    assert hashlib.sha256(split.y.to(torch.uint8).numpy().tobytes()).hexdigest() == DIGITS_LABELS_SHA256
+    assert torch.bincount(split.y).tolist() == DIGITS_PER_LABEL
     code = "import sys; from rbp.data.digits import load_digits; load_digits(); print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -70,9 +79,9 @@ def test_digits_split_sizes(digits) -> None:
 
 
 def test_digits_splits_are_disjoint_and_cover_everything(digits) -> None:
-    from sklearn.datasets import load_digits
+    from rbp.data.digits import load_digits
 
-    full = torch.from_numpy(load_digits().images).float().div(16).unsqueeze(1)
+    full = load_digits()[0].x  # the data set itself (checked against sklearn's above)
     # As multisets of rows (digits has a few duplicate images): train + val + test is the data set once.
     assert _rows(digits.train) + _rows(digits.val) + _rows(digits.test) == _rows(Split(full, torch.zeros(1797).long()))
     # And no row is in two splits unless the data set holds it twice.
