@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from rbp.base.errors import RbpError
@@ -37,14 +38,36 @@ def _check_positive(args: argparse.Namespace) -> None:
         raise RbpError(f"--step-size must be a finite step > 0 in pixel units, e.g. 0.025, got {step}")
 
 
+@contextlib.contextmanager
+def _rbp_logs_on_stderr(*, verbose: bool, quiet: bool) -> Iterator[None]:
+    """Inside the block, the ``rbp`` loggers' records go to stderr, one message a line.
+
+    Only the ``rbp`` logger is configured: every line rbp shows goes through a logger under it
+    (AutoAttack's own log too: :func:`rbp.evaluation.autoattack_accuracy` forwards it), so the root
+    logger, and with it the logging of Ray, MLflow or an application calling :func:`main`, is left
+    as it was. ``quiet``: warnings and errors only; ``verbose``: debug lines too. The handler and
+    the level are undone on exit, so that commands run one after another in a process (the tests)
+    neither stack handlers nor inherit a previous command's --quiet.
+    """
+    logger = logging.getLogger("rbp")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-        # --quiet: only errors and the result (set on every call: tests run several commands in one process).
-        logging.getLogger("rbp").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.NOTSET)
-        _check_positive(args)
-        return args.handler(args)
+        with _rbp_logs_on_stderr(verbose=args.verbose, quiet=getattr(args, "quiet", False)):
+            _check_positive(args)
+            return args.handler(args)
     except RbpError as error:
         print(f"rbp: error: {error}", file=sys.stderr)
         return 2

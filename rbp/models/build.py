@@ -65,9 +65,9 @@ def build_model(
     Layer names (``body.<...>``) are the keys of per-layer densities and of the weight generators.
     ``pretrained`` is the dense state dict that ``init.scheme: pretrained`` keeps as frozen weights.
     """
+    check_fits_memory(cfg, num_classes, input_shape)
     factory = LayerFactory(mode=cfg.model.mode, activation=cfg.model.activation, norm=cfg.model.norm)
     spec = ArchSpec(num_classes, tuple(input_shape), cfg.model.width, cfg.model.stem)
-    _check_fits_memory(cfg, factory, spec)
     last_bn = _last_bn(cfg.model.last_bn, num_classes)
     model = nn.Sequential()
     model.add_module("normalize", Normalize(mean, std))
@@ -104,8 +104,13 @@ def build_model(
 _TRAIN_BYTES_PER_PARAMETER = 16
 
 
-def _check_fits_memory(cfg: Config, factory: LayerFactory, spec: ArchSpec) -> None:
-    """Raise :class:`RbpError` naming ``model.width`` if training the model cannot fit in memory."""
+def check_fits_memory(cfg: Config, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+    """Raise :class:`RbpError` naming ``model.width`` if training the model cannot fit in memory.
+
+    Needs the data set's shape only, not its files: the trainer checks before it reads any data.
+    """
+    factory = LayerFactory(mode=cfg.model.mode, activation=cfg.model.activation, norm=cfg.model.norm)
+    spec = ArchSpec(num_classes, tuple(input_shape), cfg.model.width, cfg.model.stem)
     count = parameter_count(cfg.model.arch, factory, spec)
     need, have = count * _TRAIN_BYTES_PER_PARAMETER, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > have:

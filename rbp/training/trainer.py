@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from rbp.attacks import bn_mode, pgd, trades_adversary, trades_loss
 from rbp.base.errors import RbpError
-from rbp.config.schema import Config
+from rbp.config.schema import Config, data_shape
 from rbp.data import Batches, Split, Splits, load_splits
 from rbp.evaluation import accuracy
-from rbp.models import build_model, first_non_finite, kept_parameters
+from rbp.models import build_model, check_fits_memory, first_non_finite, kept_parameters
 from rbp.nn import clip_binary_weights, compile_model, scale_adder_gradients
 from rbp.nn.lcnn import curvature_penalty
 from rbp.training.step_graph import CapturedStep
@@ -69,6 +69,8 @@ class Trainer:
         as frozen weights (:func:`rbp.artefacts.checkpoint.pretrained_weights` reads it)."""
         self.cfg = cfg
         self.device = device or resolve_device(cfg.run.device)
+        # Before the data: a mistyped model.width is one error line, not the data's line and then the error.
+        check_fits_memory(cfg, *data_shape(cfg.data))
         self.splits = splits or load_splits(cfg.data)
         if self.device.type == "cuda":  # shapes are fixed within a run: let cuDNN time its algorithms once
             torch.backends.cudnn.benchmark = True
