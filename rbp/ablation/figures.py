@@ -1,4 +1,8 @@
-"""Figures of an ablation spec (matplotlib, PNG + PDF): density sweeps, allocations, mask patterns, Pareto fronts."""
+"""Figures of an ablation spec (matplotlib, PNG + PDF): density sweeps, allocations, mask patterns, Pareto fronts.
+
+Drawn with matplotlib's object API (:class:`~matplotlib.figure.Figure`, never pyplot): files only, so
+importing or drawing chooses no backend and leaves the process's own (an application's, a notebook's) as it was.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,22 @@ import logging
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
 
 from rbp.ablation.jobs import base_config, jobs, shape_only_model
-from rbp.ablation.spec import AblationSpec, FigureSpec  # noqa: E402
-from rbp.ablation.tables import study_rows  # noqa: E402
-from rbp.base.atomic import atomic_path  # noqa: E402
-from rbp.base.errors import RbpError  # noqa: E402
-from rbp.base.metrics import header  # noqa: E402
-from rbp.results import read_results  # noqa: E402
+from rbp.ablation.spec import AblationSpec, FigureSpec
+from rbp.ablation.tables import study_rows
+from rbp.base.atomic import atomic_path
+from rbp.base.errors import RbpError
+from rbp.base.metrics import header
+from rbp.results import read_results
 
 log = logging.getLogger(__name__)
 
 
-def _save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
+def _save(fig: Figure, folder: Path, name: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
     for path in paths:
@@ -32,11 +33,10 @@ def _save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
         metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.suffix[1:], bbox_inches="tight", dpi=150, metadata=metadata)
-    plt.close(fig)
     return paths
 
 
-def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame) -> plt.Figure:
+def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame) -> Figure:
     """Metric (mean ± std over seeds) against the kept fraction, baselines as horizontal lines."""
     if figure.study not in spec.studies:
         raise RbpError(f"figure density_sweep: study {figure.study!r} is not in the spec")
@@ -51,7 +51,8 @@ def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame)
         ((density, stats[cell]) for cell, density in density_of.items() if stats.get(cell) is not None),
         key=lambda point: point[0],
     )
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     if points:
         ax.errorbar(
             [100 * d for d, _ in points],
@@ -88,7 +89,7 @@ def _rule_label(rule: str) -> str:
     return {"erk": "ERK", "uniform": "uniform"}.get(name, f"{name}, p = {p}" if p else name)
 
 
-def layer_densities(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
+def layer_densities(spec: AblationSpec, figure: FigureSpec) -> Figure:
     """Per-layer density of the base model under each allocation rule (``rule`` or ``adaptive:p``),
     layers from input to output with their weight counts."""
     from rbp.nn import allocate, subnet_layers
@@ -96,7 +97,8 @@ def layer_densities(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
     base = base_config(spec)
     layers = subnet_layers(shape_only_model(base))
     shapes = {name: tuple(layer.weight.shape) for name, layer in layers.items()}
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(shapes)), 3.5))
+    fig = Figure(figsize=(max(5, 0.6 * len(shapes)), 3.5))
+    ax = fig.subplots()
     width = 0.8 / len(figure.rules)
     for index, rule in enumerate(figure.rules):
         name, _, p = rule.partition(":")
@@ -120,7 +122,7 @@ def _layer_label(name: str, layer: torch.nn.Module) -> str:
     return f"{kind} {name.removeprefix('body.')}"
 
 
-def masks(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
+def masks(spec: AblationSpec, figure: FigureSpec) -> Figure:
     """Mask patterns of a trained subnet, from the cell's committed model (``models/...rbpz``): each
     layer's kept-weight map (conv: kept count per kernel), one colour bar for all panels."""
     from rbp.ablation.jobs import model_path
@@ -135,7 +137,8 @@ def masks(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
         raise RbpError(f"figure masks: no model {path} yet; `rbp ablate` writes it when the cell has run")
     model, _ = load_any(path)
     layers = subnet_layers(model)
-    fig, axes = plt.subplots(1, len(layers), figsize=(2.2 * len(layers), 2.8), squeeze=False)
+    fig = Figure(figsize=(2.2 * len(layers), 2.8))
+    axes = fig.subplots(1, len(layers), squeeze=False)
     with torch.no_grad():
         for ax, (name, layer) in zip(axes[0], layers.items(), strict=True):
             mask = layer.mask()
@@ -160,7 +163,7 @@ def masks(spec: AblationSpec, figure: FigureSpec) -> plt.Figure:
 PARETO_COLUMNS = {"val_pgd_acc": "final_val_pgd_acc", "val_clean_acc": "final_val_clean_acc"}
 
 
-def pareto(figure: FigureSpec) -> plt.Figure:
+def pareto(figure: FigureSpec) -> Figure:
     """Robust accuracy against kept weights of a multi-objective search, front highlighted."""
     if figure.source is None or not Path(figure.source).is_file():
         raise RbpError(f"figure pareto: source {figure.source} is not a CSV file; run the multi-objective search first")
@@ -170,7 +173,8 @@ def pareto(figure: FigureSpec) -> plt.Figure:
     for column in (metric, "kept_params"):
         if column not in front:
             raise RbpError(f"figure pareto: {figure.source} has no column {column!r} (metric: {figure.metric})")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     # Every trial of the search, where its rows sit beside the front (rbp tune's layout).
     trials = read_results(Path(figure.source).parent / "rows")
     if metric in trials and "kept_params" in trials:
