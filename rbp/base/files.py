@@ -1,12 +1,13 @@
 """The names of the files in a run folder, ``<run.out_dir>/<run id>/`` (written by :mod:`rbp.runs`).
 
-- ``config.yaml``     the resolved config (``rbp train --config`` accepts it as is)
-- ``densities.json``  per-layer shape, weights, density and kept count
-- ``metrics.jsonl``   one JSON object per finished epoch
-- ``last.pt``         the latest epoch's model + trainer state and metrics history (the commit point)
-- ``best.pt``         the model of the epoch with the best validation PGD accuracy
-- ``summary.json``    test metrics of ``best.pt`` and the model's size, when finished
-- ``.lock``           held (``flock``) by the one process writing the folder
+- ``config.yaml``      the resolved config (``rbp train --config`` accepts it as is)
+- ``densities.json``   per-layer shape, weights, density and kept count
+- ``determinism.json`` torch's determinism flags the run trains under (``run.deterministic``), as last (re)started
+- ``metrics.jsonl``    one JSON object per finished epoch
+- ``last.pt``          the latest epoch's model + trainer state and metrics history (the commit point)
+- ``best.pt``          the model of the epoch with the best validation PGD accuracy
+- ``summary.json``     test metrics of ``best.pt`` and the model's size, when finished
+- ``.lock``            held (``flock``) by the one process writing the folder
 
 A Ray trial's checkpoint folder holds the same files (one folder per seed, ``seed<S>/``, when a
 trial repeats its config over seeds), so ``rbp export`` and ``rbp eval`` read it like any run.
@@ -14,6 +15,7 @@ trial repeats its config over seeds), so ``rbp export`` and ``rbp eval`` read it
 
 CONFIG = "config.yaml"
 DENSITIES = "densities.json"
+DETERMINISM = "determinism.json"
 METRICS = "metrics.jsonl"
 LAST = "last.pt"
 BEST = "best.pt"

@@ -263,6 +263,11 @@ class RunConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
     progress: bool = Field(True, description="a progress bar per epoch")
     data_on_device: bool = Field(False, description="keep the training split on the device (GPU-resident data)")
+    deterministic: bool = Field(
+        False,
+        description="deterministic torch algorithms, cuDNN and cuBLAS: a GPU run repeatable bit for bit, "
+        "slower; false lets cuDNN pick its fastest algorithms",
+    )
 
 
 class Config(_Section):

@@ -58,10 +58,13 @@ class RunFolder:
         self.train_seconds = 0.0
 
     def start(self, trainer: Trainer) -> None:
-        """Write what describes the run before its first epoch: the resolved config and the densities."""
+        """Write what describes the run before its first epoch (and again on a resume): the resolved
+        config, the densities and the determinism flags in effect, which ``run.deterministic`` sets
+        but the device and the environment decide too."""
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.dir / files.CONFIG, self.cfg.to_yaml())
         write_json(self.dir / files.DENSITIES, layer_report(trainer.model))
+        write_json(self.dir / files.DETERMINISM, trainer.determinism)
 
     def commit(self, trainer: Trainer, history: list[dict[str, Any]]) -> None:
         """Commit the epoch just trained: ``last.pt`` (the commit point), then what derives from it."""

@@ -25,6 +25,7 @@ from rbp.evaluation import accuracy
 from rbp.models import build_model, check_fits_memory, first_non_finite, kept_parameters
 from rbp.nn import clip_binary_weights, compile_model, scale_adder_gradients
 from rbp.nn.lcnn import curvature_penalty
+from rbp.training.determinism import set_determinism
 from rbp.training.step_graph import CapturedStep
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,7 @@ class Trainer:
         # Before the data: a mistyped model.width is one error line, not the data's line and then the error.
         check_fits_memory(cfg, *data_shape(cfg.data))
         self.splits = splits or load_splits(cfg.data)
-        if self.device.type == "cuda":  # shapes are fixed within a run: let cuDNN time its algorithms once
-            torch.backends.cudnn.benchmark = True
+        self.determinism = set_determinism(cfg.run.deterministic, self.device)  # before cuBLAS first runs
         info = self.splits.info
         torch.manual_seed(cfg.seed)  # attack random starts draw from the global generator
         self.model = build_model(cfg, info.num_classes, info.input_shape, info.mean, info.std, pretrained)

@@ -264,7 +264,7 @@ def test_trainable_reports_every_epoch_with_a_checkpoint_and_test_metrics_at_the
     assert "test_clean_acc" not in reports.metrics[0]
     assert last["best_val_pgd_acc"] == max(m["val_pgd_acc"] for m in reports.metrics)
     # Each checkpoint is a run folder as `rbp train` writes it; the last one has the summary too.
-    folder_files = {"config.yaml", "densities.json", "metrics.jsonl", "last.pt", "best.pt"}
+    folder_files = {"config.yaml", "densities.json", "determinism.json", "metrics.jsonl", "last.pt", "best.pt"}
     for checkpoint in reports.checkpoints[:-1]:
         assert {p.name for p in checkpoint.folder.iterdir()} == folder_files
     assert {p.name for p in reports.checkpoints[-1].folder.iterdir()} == folder_files | {"summary.json"}
