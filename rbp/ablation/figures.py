@@ -1,4 +1,4 @@
-"""Figures of an ablation spec (matplotlib, PNG + PDF): density sweeps, allocations, mask patterns, Pareto fronts.
+"""Figures of an ablation spec (matplotlib, PNG + PDF): density and config sweeps, allocations, masks, Pareto fronts.
 
 Drawn with matplotlib's object API (:class:`~matplotlib.figure.Figure`, never pyplot): files only, so
 importing or drawing chooses no backend and leaves the process's own (an application's, a notebook's) as it was.
@@ -73,6 +73,63 @@ def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")
     return fig
+
+
+def sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame) -> Figure:
+    """Metric (mean ± std over seeds) against config key ``figure.x`` over a study's cells, one line
+    per entry of ``figure.lines`` (its label -> the config values its cells have)."""
+    if figure.study not in spec.studies or figure.x is None or not figure.lines:
+        raise RbpError(f"figure sweep: needs a study of the spec (got {figure.study!r}), x and lines")
+    stats = {row.cell: row.stats.get(figure.metric) for row in study_rows(spec, figure.study, results)}
+    configs = {job.cell: job.config for job in jobs(spec) if job.study == figure.study}
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    xs_drawn: set[float] = set()
+    for label, where in figure.lines.items():
+        points = sorted(
+            (_config_value(config, figure.x), stats[cell])
+            for cell, config in configs.items()
+            if stats.get(cell) is not None and _matches(cell, config, where)
+        )
+        if points:
+            xs_drawn.update(x for x, _ in points)
+            ax.errorbar(
+                [x for x, _ in points],
+                [100 * s.mean for _, s in points],
+                yerr=[100 * s.std for _, s in points],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+    if figure.log_x:
+        ax.set_xscale("log")
+    ax.set_xticks(sorted(xs_drawn), [f"{x:g}" for x in sorted(xs_drawn)])
+    ax.minorticks_off()
+    ax.set_xlabel(figure.x)
+    ax.set_ylabel(header(figure.metric))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def _config_value(config: object, key: str) -> object:
+    """The value at dotted ``key`` of a config (``train.epochs``)."""
+    value = config
+    for part in key.split("."):
+        if not hasattr(value, part):
+            raise RbpError(f"figure sweep: {key!r} is not a config key")
+        value = getattr(value, part)
+    return value
+
+
+def _matches(cell: str, config: object, where: dict[str, object]) -> bool:
+    """Whether cell ``cell`` with ``config`` has every value of ``where`` (a list: any of its values);
+    the key ``cell`` names cells (a line across cells that no config value singles out)."""
+    for key, wanted in where.items():
+        value = cell if key == "cell" else _config_value(config, key)
+        if value not in (wanted if isinstance(wanted, list) else [wanted]):
+            return False
+    return True
 
 
 def _cell_stat(spec: AblationSpec, results: pd.DataFrame, cell: str, metric: str) -> float | None:
@@ -202,6 +259,8 @@ def write_figures(spec: AblationSpec, results: pd.DataFrame) -> list[Path]:
                 fig = layer_densities(spec, figure)
             elif figure.kind == "masks":
                 fig = masks(spec, figure)
+            elif figure.kind == "sweep":
+                fig = sweep(spec, figure, results)
             else:
                 fig = pareto(figure)
         except RbpError as error:

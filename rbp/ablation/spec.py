@@ -63,8 +63,15 @@ class StudySpec(StrictModel):
 
 
 class FigureSpec(StrictModel):
-    kind: Literal["density_sweep", "layer_densities", "masks", "pareto"]
-    study: str | None = Field(None, description="density_sweep: the study whose cells vary the density")
+    kind: Literal["density_sweep", "layer_densities", "masks", "pareto", "sweep"]
+    study: str | None = Field(None, description="density_sweep, sweep: the study whose cells are drawn")
+    x: str | None = Field(None, description="sweep: the config key on the x axis, e.g. train.epochs")
+    lines: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="sweep: label -> the config values of its cells (key -> a value or a list of values; "
+        "the key cell: cell names)",
+    )
+    log_x: bool = Field(True, description="sweep: a logarithmic x axis")
     baselines: list[str] = Field(default_factory=list, description="density_sweep: cells drawn as lines")
     metric: str = "test_pgd20_acc"
     rules: list[str] = Field(default_factory=lambda: ["uniform", "adaptive:0.1", "adaptive:0.5", "erk"])

@@ -176,6 +176,29 @@ def test_density_sweep_draws_each_baseline_apart(tmp_path):
     assert {line.get_label(): round(line.get_ydata()[0], 6) for line in lines} == {"fp": 10.0, "bnn": 20.0}
 
 
+def test_sweep_draws_a_line_per_label_over_its_cells_config_values(tmp_path, caplog):
+    """Metric against a config key: each line holds the cells matching its values, in x order."""
+    from rbp.ablation.figures import sweep
+
+    studies = {"length": {"grid": {"model.mode": ["subnet", "dense"], "train.epochs": [3, 1, 2]}}}
+    lines = {"subnet": {"model.mode": "subnet"}, "FP": {"model.mode": "dense", "train.epochs": [1, 3]},
+             "named": {"cell": ["mode=dense, epochs=2"]}}  # fmt: skip
+    figure = {"kind": "sweep", "study": "length", "x": "train.epochs", "lines": lines, "metric": "test_pgd20_acc"}
+    bad = {**figure, "x": "train.epochz", "name": "bad"}
+    spec = load_spec(_spec(tmp_path, studies, [figure, bad]))
+    pgd = {(job.cell, 0): (0.9, job.config.train.epochs / 10 + (job.config.model.mode == "dense") / 2)
+           for job in jobs(spec)}  # fmt: skip
+    results = _fixture_rows(spec, pgd)
+    drawn = {bars.get_label(): bars.lines[0] for bars in sweep(spec, spec.figures[0], results).axes[0].containers}
+    assert list(drawn["subnet"].get_xdata()) == [1, 2, 3]
+    assert [round(y, 6) for y in drawn["subnet"].get_ydata()] == [10.0, 20.0, 30.0]
+    assert list(drawn["FP"].get_xdata()) == [1, 3] and [round(y, 6) for y in drawn["FP"].get_ydata()] == [60.0, 80.0]
+    assert list(drawn["named"].get_xdata()) == [2] and [round(y, 6) for y in drawn["named"].get_ydata()] == [70.0]
+    written = write_figures(spec, results)
+    assert [p.name for p in written] == ["0_sweep.png", "0_sweep.pdf"]
+    assert "figure bad skipped: figure sweep: 'train.epochz' is not a config key" in caplog.text
+
+
 @pytest.mark.parametrize(
     "studies,needle",
     [
