@@ -103,8 +103,10 @@ def _diverged_result(trainer: Trainer, error: Diverged, train_seconds: float) ->
 def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """One report from the repeats' metrics: the mean of every number, ``<key>_std`` beside it.
 
-    A single seed's metrics pass through unchanged. Per-seed values stay in ``per_seed`` (the
-    recorder writes one Parquet row per seed); ``train_seconds`` is their sum (the trial's cost).
+    A single seed's metrics pass through unchanged. Per-seed values stay in ``per_seed``, a dict
+    ``seed<S>`` -> metrics in the repeats' order (the recorder writes one Parquet row per seed; Ray's
+    loggers flatten a dict into numbers, ``per_seed/seed1/val_pgd_acc``, where a list is no value to
+    TensorBoard); ``train_seconds`` is their sum (the trial's cost).
     """
     if len(per_seed) == 1:
         return dict(per_seed[0])
@@ -120,7 +122,7 @@ def combine(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[key] = value
     out["repeats"] = len(per_seed)
-    out["per_seed"] = [dict(m) for m in per_seed]
+    out["per_seed"] = {f"seed{m.get('seed', i)}": dict(m) for i, m in enumerate(per_seed)}
     return out
 
 

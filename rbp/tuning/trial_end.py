@@ -68,7 +68,7 @@ class TrialEnd:
         if reason:
             self.client.set_tag(run_id, keys.REASON_TAG, reason[:5000])
         run = self.client.get_run(run_id)
-        per_seed = last.get("per_seed") or [last]
+        per_seed = list((last.get("per_seed") or {}).values()) or [last]
         for i, seed_cfg in enumerate(cfgs[: len(per_seed)]):
             name = trial_id if len(per_seed) == 1 else f"{trial_id}-seed{seed_cfg.seed}"
             metrics = {**last, **per_seed[i]} if len(per_seed) > 1 else last

@@ -368,14 +368,14 @@ def test_repeats_are_combined_as_mean_and_std_with_each_seed_kept():
     combined = combine(per_seed)
     assert combined["val_pgd_acc"] == pytest.approx(0.85) and combined["val_pgd_acc_std"] == pytest.approx(0.0707, 1e-3)
     assert combined["epoch"] == 3 and combined["train_seconds"] == 5.0 and combined["repeats"] == 2
-    assert combined["per_seed"] == per_seed and combine(per_seed[:1]) == per_seed[0]
+    assert combined["per_seed"] == {"seed0": per_seed[0], "seed1": per_seed[1]} and combine(per_seed[:1]) == per_seed[0]
 
 
 def test_trainable_with_repeats_trains_each_seed_and_reports_their_mean(tmp_path):
     reports = Reports(tmp_path)
     run_trial({**TINY, "train.epochs": 1, "_repeats": 2, "seed": 5}, reports)
     (final,) = reports.metrics
-    seeds = final["per_seed"]
+    seeds = list(final["per_seed"].values())
     assert [m["seed"] for m in seeds] == [5, 6] and final["repeats"] == 2
     assert final["best_val_pgd_acc"] == pytest.approx((seeds[0]["best_val_pgd_acc"] + seeds[1]["best_val_pgd_acc"]) / 2)
     assert {p.name for p in reports.checkpoints[0].folder.iterdir()} == {"seed5", "seed6"}
