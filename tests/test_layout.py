@@ -118,3 +118,9 @@ def test_the_checks_find_a_cycle_and_an_upward_import():
     edges = {"rbp.nn.a": {"rbp.nn.b"}, "rbp.nn.b": {"rbp.nn.a", "rbp.cli"}, "rbp.cli": set()}
     assert cycles(edges) == [["rbp.nn.a", "rbp.nn.b"]]
     assert upward(edges) == ["rbp.nn.b (core) imports rbp.cli (cli)"]
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test files by basename (tests/ has no packages): two of one name stop collection."""
+    names = [path.name for path in Path(__file__).parent.rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
