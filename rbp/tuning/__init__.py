@@ -18,6 +18,8 @@ Modules, one job each:
 - :mod:`rbp.tuning.launcher`  ``rbp tune``: run, extend or resume a spec's search
 - :mod:`rbp.tuning.progress`  the live console progress table
 - :mod:`rbp.tuning.best`      ``rbp best``: the top MLflow runs, cast back to a config ``rbp train`` accepts
+- :mod:`rbp.tuning.mlflow_model` each trial's model as an MLflow Model (pyfunc), ``rbp best --register``
+- :mod:`rbp.tuning.reaper`    the watchdog that stops a killed driver's local Ray processes by PID
 - :mod:`rbp.tuning.report`    console tables and the Pareto front
 
 Importing this package imports nothing heavy; Ray, Optuna and MLflow load in the modules that use them.

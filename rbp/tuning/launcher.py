@@ -31,6 +31,7 @@ from rbp.config.load import from_dict
 from rbp.tuning import keys, tracking
 from rbp.tuning.cluster import check_address, check_trial_fits, local_cpus, set_ray_environment, start_ray
 from rbp.tuning.options import Search, TuneOptions
+from rbp.tuning.reaper import watched
 from rbp.tuning.spec import LoadedSpec, load_spec
 from rbp.tuning.summary import no_finished_trial, print_summary
 from rbp.tuning.tuner import join_storage, run_once, system_metrics
@@ -207,33 +208,35 @@ def _run_tune(opts: TuneOptions, loaded: LoadedSpec, results: Path, warm: list[d
     import ray
 
     started, monitor = time.monotonic(), None
-    try:
-        # MLflow's set-up (seconds on a new store) overlaps Ray's start-up (which mostly waits for
-        # its processes); ray.init stays on the main thread, where it installs signal handlers.
-        with ThreadPoolExecutor(1, thread_name_prefix="rbp-mlflow") as pool:
-            tracked = pool.submit(_open_tracking, search, loaded)
-            try:
-                start_ray(opts)
-            finally:
-                tracked.result()  # its error first: the search cannot run without its MLflow runs
-        tracking.reopen_parent(search.tracking_uri, search.parent_run_id)
-        monitor = system_metrics(search.tracking_uri, search.parent_run_id)
-        if restore is not None:
-            code = run_once(loaded, opts, search, storage, restore, started)
-            if code:
-                return code
-        remaining = spec.trials - len(studies.ended(search.study))
-        if remaining > 0:
-            name = f"{spec.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-            search.study.set_user_attr(keys.RAY_ATTR, join_storage(storage, name))
-            code = run_once(loaded, opts, search, storage, None, started, name, remaining)
-            if code:
-                return code
-        failed = no_finished_trial(loaded, search) is not None
-        tracking.close_parent(search.tracking_uri, search.parent_run_id, "FAILED" if failed else "FINISHED")
-        print_summary(loaded, search, time.monotonic() - started)
-        return 0
-    finally:
-        ray.shutdown()
-        if monitor is not None:
-            monitor.finish()
+    # A local cluster's processes are stopped by PID should this driver be killed (rbp.tuning.reaper).
+    with watched(active=opts.address is None):
+        try:
+            # MLflow's set-up (seconds on a new store) overlaps Ray's start-up (which mostly waits for
+            # its processes); ray.init stays on the main thread, where it installs signal handlers.
+            with ThreadPoolExecutor(1, thread_name_prefix="rbp-mlflow") as pool:
+                tracked = pool.submit(_open_tracking, search, loaded)
+                try:
+                    start_ray(opts)
+                finally:
+                    tracked.result()  # its error first: the search cannot run without its MLflow runs
+            tracking.reopen_parent(search.tracking_uri, search.parent_run_id)
+            monitor = system_metrics(search.tracking_uri, search.parent_run_id)
+            if restore is not None:
+                code = run_once(loaded, opts, search, storage, restore, started)
+                if code:
+                    return code
+            remaining = spec.trials - len(studies.ended(search.study))
+            if remaining > 0:
+                name = f"{spec.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+                search.study.set_user_attr(keys.RAY_ATTR, join_storage(storage, name))
+                code = run_once(loaded, opts, search, storage, None, started, name, remaining)
+                if code:
+                    return code
+            failed = no_finished_trial(loaded, search) is not None
+            tracking.close_parent(search.tracking_uri, search.parent_run_id, "FAILED" if failed else "FINISHED")
+            print_summary(loaded, search, time.monotonic() - started)
+            return 0
+        finally:
+            ray.shutdown()
+            if monitor is not None:
+                monitor.finish()

@@ -97,12 +97,20 @@ def rows_of(folder: Path):
     return read_results(folder / "results" / "tune" / "resume" / "rows")
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
+def wait_for(condition, timeout: float, what: str, state=lambda: "") -> None:
+    """Poll ``condition`` until true; after ``timeout`` seconds fail, saying ``what`` and ``state()``."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what} {state()}")
         time.sleep(0.5)
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:150]
+    except OSError:
+        return f"{pid} (gone)"
 
 
 @pytest.fixture
@@ -139,8 +147,9 @@ def test_killed_driver_then_resume_records_every_trial_once(driver, tmp_path, si
     code = first.wait(timeout=120)
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL
-        # The Ray processes the killed driver started go within seconds (rbp's reaper), not left running.
-        wait_for(lambda: not marked_pids(driver.marker), 20, "the killed driver's Ray processes to go")
+        # The Ray processes the killed driver started go within seconds (rbp.tuning.reaper), not a minute.
+        wait_for(lambda: not marked_pids(driver.marker), 20, "the killed driver's Ray processes to go",
+                 lambda: [command_line(pid) for pid in marked_pids(driver.marker)])  # fmt: skip
     else:
         assert code == 130, driver.log("first")[-3000:]
         last = [line for line in driver.log("first").splitlines() if line.strip()][-1]
