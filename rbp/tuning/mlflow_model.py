@@ -86,14 +86,15 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
             os.environ[PROGRESS_BARS] = bars
 
 
-def log_model(client: Any, run_id: str, model_file: Path, cfg: Config, name: str = "model") -> str:
-    """Log ``model_file`` (``.rbpz`` or ``.pt``) as an MLflow Model of run ``run_id``; returns its model id.
+def log_model(client: Any, run: Any, model_file: Path, cfg: Config, name: str = "model") -> str:
+    """Log ``model_file`` (``.rbpz`` or ``.pt``) as an MLflow Model of ``run``; returns its model id.
 
-    ``client`` is the ``MlflowClient`` of the run's store. The model is created in the run's
+    ``client`` is the ``MlflowClient`` of the run's store, ``run`` the ``mlflow.entities.Run`` (the
+    caller has it already: one store query per seed saved). The model is created in the run's
     experiment with the run's params (so the Models tab compares trials by their config); left to
     itself ``Model.log`` would file it under the process's active experiment.
     """
-    run = client.get_run(run_id)
+    run_id = run.info.run_id
     model = client.create_logged_model(
         run.info.experiment_id, name=name, source_run_id=run_id, params=run.data.params, model_type="rbp"
     )

@@ -60,14 +60,14 @@ class TrialEnd:
         run_id = self.run_of(trial_id, config)
         kept = checkpoint if status in ("finished", "early_stopped") else None
         cfgs = repeat_configs(config)
-        sizes = self._log_artifacts(run_id, cfgs, kept)
+        run = self.client.get_run(run_id)  # start time and params: the tags set below are not read
+        sizes = self._log_artifacts(run, cfgs, kept)
         self.client.set_tag(run_id, keys.STATUS_TAG, status)
         for key in CONSTANTS:
             if isinstance(last.get(key), (int, float)) and last[key] == last[key]:
                 self.client.set_tag(run_id, key, f"{last[key]:.6g}")
         if reason:
             self.client.set_tag(run_id, keys.REASON_TAG, reason[:5000])
-        run = self.client.get_run(run_id)
         per_seed = list((last.get("per_seed") or {}).values()) or [last]
         for i, seed_cfg in enumerate(cfgs[: len(per_seed)]):
             name = trial_id if len(per_seed) == 1 else f"{trial_id}-seed{seed_cfg.seed}"
@@ -77,7 +77,7 @@ class TrialEnd:
         self.client.set_terminated(run_id, "FAILED" if status in ("diverged", "failed") else "FINISHED")
         log.info("trial %s %s (MLflow run %s)", trial_id, status, run_id)
 
-    def _log_artifacts(self, run_id: str, cfgs: list[Any], checkpoint: Any) -> dict[int, int]:
+    def _log_artifacts(self, run: Any, cfgs: list[Any], checkpoint: Any) -> dict[int, int]:
         """Log ``config.yaml``, each seed's kept model as a ``.rbpz`` and as an MLflow Model (pyfunc);
         returns {seed: .rbpz bytes}.
 
@@ -87,7 +87,7 @@ class TrialEnd:
         from rbp.artefacts.export import export_run
         from rbp.tuning.mlflow_model import log_model
 
-        repeats, sizes = len(cfgs), {}
+        run_id, repeats, sizes = run.info.run_id, len(cfgs), {}
         with tempfile.TemporaryDirectory(prefix="rbp-artefacts-") as tmp:
             path = Path(tmp) / "config.yaml"
             path.write_text(cfgs[0].to_yaml())
@@ -110,7 +110,7 @@ class TrialEnd:
                         sizes[cfg.seed] = out.stat().st_size
                         self.client.log_artifact(run_id, str(out), None if repeats == 1 else out.parent.name)
                     name = "model" if repeats == 1 else f"model-seed{cfg.seed}"
-                    log_model(self.client, run_id, out, cfg, name)
+                    log_model(self.client, run, out, cfg, name)
         return sizes
 
     def _row(self, trial_id, run, config, cfg, last, status, reason, artifact_bytes) -> dict[str, Any]:

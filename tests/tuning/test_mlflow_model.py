@@ -54,7 +54,7 @@ def test_pyfunc_output_equals_rbp_load_bit_for_bit(store, path):
     uri, client, experiment = store
     run = client.create_run(experiment)
     _, cfg = load_any(path)
-    model_id = log_model(client, run.info.run_id, path, cfg)
+    model_id = log_model(client, run, path, cfg)
     with mlflow_at(uri):
         model = mlflow.pyfunc.load_model(f"models:/{model_id}")
         batch = images(16)
@@ -79,7 +79,7 @@ def test_register_makes_a_version_with_the_alias_and_a_second_one_moves_it(store
     runs = [client.create_run(experiment) for _ in range(2)]
     _, cfg = load_any(SUBNET)
     for run in runs:
-        log_model(client, run.info.run_id, SUBNET, cfg)
+        log_model(client, run, SUBNET, cfg)
     first = register(client, client.get_run(runs[0].info.run_id), "rbp-digits", "champion")
     second = register(client, client.get_run(runs[1].info.run_id), "rbp-digits", "champion")
     assert (int(first.version), int(second.version)) == (1, 2) and second.run_id == runs[1].info.run_id
@@ -107,7 +107,7 @@ def test_a_registered_model_served_by_mlflow_answers_as_rbp_load(store, tmp_path
     uri, client, experiment = store
     run = client.create_run(experiment)
     _, cfg = load_any(SUBNET)
-    log_model(client, run.info.run_id, SUBNET, cfg)
+    log_model(client, run, SUBNET, cfg)
     register(client, client.get_run(run.info.run_id), "rbp-digits", "champion")
     port = free_port()
     bin_dir = Path(sys.executable).parent  # mlflow and the uvicorn it runs, as in an activated venv
