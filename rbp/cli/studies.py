@@ -64,4 +64,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     tables.add_argument("spec", type=Path, help="the ablation spec YAML whose results to render")
     add_overrides(tables, "as for rbp ablate: the same --set gives the same cells")
+    add_quiet(tables)
     tables.set_defaults(handler=_tables)

@@ -64,7 +64,7 @@ def test_quiet_train_prints_only_its_result(tmp_path):
 
 
 def test_quiet_eval_and_ablate_print_only_their_result(run_dir, tmp_path):
-    """--quiet means the same on every long command: nothing on stderr but errors."""
+    """--quiet means the same on every command that has it: nothing on stderr but errors."""
     evaluated = subprocess.run([sys.executable, "-m", "rbp", "eval", str(run_dir / "best.pt"), "--attack", "autoattack",
                                 "--samples", "4", "--quiet"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert evaluated.returncode == 0 and evaluated.stderr == "", evaluated.stderr
@@ -77,6 +77,10 @@ def test_quiet_eval_and_ablate_print_only_their_result(run_dir, tmp_path):
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert ablated.returncode == 0 and ablated.stderr == "", ablated.stderr
     assert "| ours |" in ablated.stdout
+    rendered = subprocess.run([sys.executable, "-m", "rbp", "tables", str(spec), "--quiet"],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert rendered.returncode == 0 and rendered.stderr == "", rendered.stderr
+    assert "| ours |" in rendered.stdout
 
 
 def test_resume_of_a_finished_run_trains_nothing(run_dir, capsys):
