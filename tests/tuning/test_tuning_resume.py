@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import yaml
 
@@ -36,15 +37,14 @@ TINY = {"model.width": 8, "train.epochs": 4, "attack.steps": 2, "eval.val_pgd_st
 
 def marked_pids(marker: str) -> list[int]:
     """PIDs of processes whose environment holds ``RBP_TEST_MARKER=<marker>``."""
-    needle = f"RBP_TEST_MARKER={marker}".encode()
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:  # gone, or not ours to read
+            if process.environ().get("RBP_TEST_MARKER") == marker:
+                pids.append(process.pid)
+        except psutil.Error:  # gone, or not ours to read
             continue
     return pids
 
@@ -108,8 +108,8 @@ def wait_for(condition, timeout: float, what: str, state=lambda: "") -> None:
 
 def command_line(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:150]
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())[:150]
+    except psutil.Error:
         return f"{pid} (gone)"
 
 
