@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 PREFIX = "rbpc"
 SUBNET = "10.200.0"
 BOOT = Path(__file__).resolve().parent / "hosts" / "boot.sh"
@@ -257,8 +259,8 @@ class Hosts:
         lines = []
         for pid in pids.split():
             try:
-                lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
-            except OSError:
+                lines.append(" ".join(psutil.Process(int(pid)).cmdline()))
+            except psutil.Error:
                 pass  # ended meanwhile
         return lines
 
