@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on the CPU with their tiny configs."""
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,16 @@ def test_reevaluate_reproduces_a_tiny_study_and_flags_a_changed_row(tmp_path, mo
     rows["test_autoattack_acc"] += 0.01
     rows.to_parquet(row_file)
     assert bench.main([str(spec_path)]) == 1
+    # A spec holding a copy of that model (another results folder beside it) reuses its JSONs
+    # instead of running rbp eval again, and its own row still decides the verdict.
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "out" / "rows", copy / "rows")
+    shutil.copytree(tmp_path / "out" / "models", copy / "models")
+    spec_path.write_text(spec_path.read_text().replace(str(tmp_path / "out"), str(copy)))
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("rbp eval ran for a copied model"))
+    assert bench.main([str(spec_path)]) == 1  # the copied row carries the +1 point
+    for name in ("s.ours.autoattack.json", "s.ours.clean.json"):
+        assert (copy / "reeval" / name).read_text() == (tmp_path / "out" / "reeval" / name).read_text()
+    # --out re-runs everything: no reuse there.
+    with pytest.raises(pytest.fail.Exception, match="rbp eval ran"):
+        bench.main([str(spec_path), "--out", str(tmp_path / "fresh")])
