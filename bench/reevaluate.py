@@ -39,22 +39,25 @@ def digest(path: Path) -> str:
 
 def evaluated_twin(model: Path, attack: str) -> Path | None:
     """The ``attack`` JSON of a byte-identical model in a sibling results folder, or None."""
+    size, own = model.stat().st_size, digest(model)
     for twin in sorted(model.parents[2].glob("*/models/*")):
         found = twin.parents[1] / "reeval" / f"{twin.stem}.{attack}.json"
-        same = twin.stat().st_size == model.stat().st_size and digest(twin) == digest(model)
-        if twin.resolve() != model.resolve() and found.is_file() and same:
+        if twin.resolve() == model.resolve() or not found.is_file() or twin.stat().st_size != size:
+            continue
+        if digest(twin) == own:
             return found
     return None
 
 
 def evaluate(model: Path, attack: str, samples: int | None, out: Path, reuse_twins: bool) -> dict:
     """``rbp eval`` of ``model`` (or the JSON it, or a byte-identical twin, had before)."""
-    twin = evaluated_twin(model, attack) if reuse_twins and not out.is_file() else None
-    if twin is not None:
-        out.write_text(twin.read_text())
-    elif not out.is_file():
-        cmd = [sys.executable, "-m", "rbp", "eval", str(model), "--attack", attack, "--out", str(out)]
-        subprocess.run(cmd + (["--samples", str(samples)] if samples else []), check=True)
+    if not out.is_file():
+        twin = evaluated_twin(model, attack) if reuse_twins else None
+        if twin is not None:
+            out.write_text(twin.read_text())
+        else:
+            cmd = [sys.executable, "-m", "rbp", "eval", str(model), "--attack", attack, "--out", str(out)]
+            subprocess.run(cmd + (["--samples", str(samples)] if samples else []), check=True)
     return json.loads(out.read_text())
 
 
