@@ -261,16 +261,20 @@ def test_search_survives_a_lost_host_on_a_cluster_made_by_ray_up(hosts):
     assert nodes == {worker1.address, worker2.address}, nodes
     resumed = 0
     for trial_id, lines in results.items():
-        assert [r["epoch"] for r in lines if r["epoch"] == EPOCHS] == [EPOCHS], (trial_id, lines)
-        on_lost = [r for r in lines if r["node_ip"] == worker2.address]
-        if not on_lost or on_lost[-1]["epoch"] == EPOCHS:
-            continue  # never there, or finished there before the kill
-        after = lines[lines.index(on_lost[-1]) + 1 :]
-        assert after and after[0]["node_ip"] == worker1.address, (trial_id, lines)
-        # Resumed from its last registered checkpoint: the next epoch, or the last one again when
-        # the kill came between its result and its checkpoint; never from the start.
-        assert on_lost[-1]["epoch"] <= after[0]["epoch"] <= on_lost[-1]["epoch"] + 1, (trial_id, lines)
-        assert after[0]["epoch"] > 1, (trial_id, [r["epoch"] for r in lines])
+        epochs = [r["epoch"] for r in lines]
+        assert epochs[-1] == EPOCHS, (trial_id, epochs)
+        lost = [i for i, r in enumerate(lines) if r["node_ip"] == worker2.address]
+        if not lost or lost[-1] == len(lines) - 1:  # never there, or finished there before the kill
+            assert epochs == list(range(1, EPOCHS + 1)), (trial_id, epochs)
+            continue
+        before, after = epochs[: lost[-1] + 1], lines[lost[-1] + 1 :]
+        assert before == list(range(1, len(before) + 1)), (trial_id, epochs)
+        assert {r["node_ip"] for r in after} == {worker1.address}, (trial_id, lines)
+        # Resumed from its last registered checkpoint: the next epoch, or the same one again when the
+        # kill came between its result and its checkpoint (its last epoch too); never from the start.
+        resumed_at = after[0]["epoch"]
+        assert before[-1] <= resumed_at <= before[-1] + 1 and resumed_at > 1, (trial_id, epochs)
+        assert epochs[len(before) :] == list(range(resumed_at, EPOCHS + 1)), (trial_id, epochs)
         resumed += 1
     assert resumed >= 1 and len(cut_off) >= 1, (cut_off, results)
 
