@@ -53,9 +53,7 @@ def _tuner(loaded: LoadedSpec, opts: TuneOptions, storage: str, name: str, recor
             num_samples=samples,
             metric=spec.metrics[0] if single else None,
             mode=spec.modes[0] if single else None,
-            # One worker process per concurrent trial for the whole search: no Python + torch
-            # start-up between trials (every trial asks for the same resources).
-            reuse_actors=True,
+            reuse_actors=reuses_workers(opts),
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -79,6 +77,18 @@ def _trainable(loaded: LoadedSpec):
 
     resources = loaded.spec.resources
     return tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": resources.gpu})
+
+
+def reuses_workers(opts: TuneOptions) -> bool:
+    """Whether a trial runs in the worker process of a finished one (Ray Tune's ``reuse_actors``).
+
+    On the local cluster ``rbp tune`` starts, yes: one worker process per concurrent trial for the
+    whole search, no Python + torch start-up between trials (every trial asks for the same resources).
+    On a cluster it connects to (``--address``), no: hosts can die there, and Ray Tune (2.60) errors
+    a trial for good, ignoring ``max_failures``, when the cached worker it was handed to dies before
+    the hand-over (its ``reset``) completes; a trial whose new worker dies is restarted as promised.
+    """
+    return opts.address is None
 
 
 def join_storage(root: str, name: str) -> str:

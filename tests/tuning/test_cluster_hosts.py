@@ -242,7 +242,8 @@ def test_search_survives_a_lost_host_on_a_cluster_made_by_ray_up(hosts):
                          "--report-every", "10"], tune_log)  # fmt: skip
     cut_off = kill_when_mid_trial(hosts, worker2, mnt / "ray", job, timeout=900)
     out = wait(job, tune_log, timeout=1500)
-    assert f"search hosts: {TRIALS} trials in the study ({TRIALS} complete)" in out, out[-3000:]
+    errors = {e.parent.name: e.read_text()[-1500:] for e in (mnt / "ray").glob("hosts-*/*/error.txt")}
+    assert f"search hosts: {TRIALS} trials in the study ({TRIALS} complete)" in out, (out[-3000:], errors)
 
     # Every trial once in Parquet and in MLflow, none left RUNNING.
     rows = read_results(mnt / "results" / "tune" / "hosts" / "rows")

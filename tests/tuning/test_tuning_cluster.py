@@ -9,6 +9,7 @@ stops every Ray process on the machine).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -96,6 +97,17 @@ def test_onprem_file_keeps_every_listed_machine_and_names_each_nodes_address():
     assert "--num-cpus=0" in head and f"--host {provider['head_ip']}" in head
 
 
+def worker_pids(storage: Path) -> dict[str, int]:
+    """The worker process of each trial of the searches under ``storage`` (its ``result.json``), by trial id."""
+    pids = {}
+    for path in storage.glob("*/*/result.json"):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                result = json.loads(line)
+                pids[result["trial_id"]] = result["pid"]
+    return pids
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,7 +159,7 @@ def test_search_runs_on_a_two_node_cluster_given_its_address(local_cluster, tmp_
         "space": {"train.lr": {"type": "loguniform", "low": 0.02, "high": 0.2}},
         "sampler": {"type": "random", "seed": 0},
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-        "trials": 2,
+        "trials": 3,
         "concurrency": 2,  # 1 CPU each: one trial per node
     }  # fmt: skip
     spec.write_text(yaml.safe_dump(body))
@@ -157,8 +169,12 @@ def test_search_runs_on_a_two_node_cluster_given_its_address(local_cluster, tmp_
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert re.search(r"resource usage: 2(\.0)?/2(\.0)? CPUs", done.stdout)  # both nodes busy at once
     rows = read_results(tmp_path / "results" / "tune" / "cluster" / "rows")
-    assert len(rows) == 2 and set(rows["status"]) <= {"finished", "early_stopped"}
+    assert len(rows) == 3 and set(rows["status"]) <= {"finished", "early_stopped"}
     client = tracking.client(tracking.resolve_tracking_uri(None, tmp_path / "results"))
     every = tracking.search_all(client, client.get_experiment_by_name("cluster").experiment_id)
     runs = [run for run in every if keys.TRIAL_TAG in run.data.tags]  # the search's parent run aside
-    assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
+    assert len(runs) == 3 and {run.info.status for run in runs} == {"FINISHED"}
+    # A fresh worker process per trial on a cluster (the third trial does not take over a finished
+    # one's): Ray Tune ignores max_failures for a trial whose reused worker dies while taking it over.
+    workers = worker_pids(tmp_path / "results" / "ray")
+    assert len(workers) == 3 and len(set(workers.values())) == 3, workers

@@ -96,6 +96,14 @@ def test_search_completes_and_prints_the_best_trials(search):
     assert max(len(line) for line in search.out.splitlines()) <= 120
 
 
+def test_a_local_search_runs_its_trials_one_after_another_in_one_worker_process(search):
+    """No Python + torch start-up between trials on the local cluster (Ray Tune's ``reuse_actors``)."""
+    from test_tuning_cluster import worker_pids
+
+    workers = worker_pids(search.root / "results" / "ray")
+    assert len(workers) == 2 and len(set(workers.values())) == 1, workers
+
+
 def test_every_trial_is_one_parquet_row_the_nan_one_diverged(search):
     rows = search.rows
     assert len(rows) == 2 and rows["trial_id"].is_unique
