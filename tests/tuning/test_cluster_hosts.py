@@ -25,6 +25,7 @@ from pathlib import Path
 import nshosts
 import pytest
 import yaml
+from trialfiles import trial_results
 
 from rbp.results import read_results
 from rbp.tuning import keys, tracking
@@ -126,16 +127,6 @@ def wait(job, log: Path, timeout: float) -> str:
     out = log.read_text()
     assert job.returncode == 0, out[-5000:]
     return out
-
-
-def trial_results(search: Path) -> dict[str, list[dict]]:
-    """Ray's per-trial results (``result.json`` of every trial folder), by trial id, in report order."""
-    trials = {}
-    for path in search.glob("*/result.json"):
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if lines:
-            trials[lines[0]["trial_id"]] = lines
-    return trials
 
 
 def running_on(hosts: nshosts.Hosts, host: nshosts.Host) -> set[str]:

@@ -9,11 +9,9 @@ stops every Ray process on the machine).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from servers import free_port
 from test_tuning_resume import marked_pids, stop_marked
+from trialfiles import worker_pids
 
 from rbp.results import read_results
 from rbp.tuning import keys, tracking
@@ -95,23 +95,6 @@ def test_onprem_file_keeps_every_listed_machine_and_names_each_nodes_address():
     assert all("--node-ip-address=" in c for c in starts if "ray start" in c)  # no default route needed
     head = " ".join(prepared["head_start_ray_commands"])
     assert "--num-cpus=0" in head and f"--host {provider['head_ip']}" in head
-
-
-def worker_pids(storage: Path) -> dict[str, int]:
-    """The worker process of each trial of the searches under ``storage`` (its ``result.json``), by trial id."""
-    pids = {}
-    for path in storage.glob("*/*/result.json"):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                result = json.loads(line)
-                pids[result["trial_id"]] = result["pid"]
-    return pids
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_nodes(address: str, env: dict, count: int, timeout: float = 90.0) -> None:

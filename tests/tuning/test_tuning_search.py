@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import yaml
+from trialfiles import worker_pids
 
 from rbp.cli import main
 from rbp.results import read_results
@@ -98,8 +99,6 @@ def test_search_completes_and_prints_the_best_trials(search):
 
 def test_a_local_search_runs_its_trials_one_after_another_in_one_worker_process(search):
     """No Python + torch start-up between trials on the local cluster (Ray Tune's ``reuse_actors``)."""
-    from test_tuning_cluster import worker_pids
-
     workers = worker_pids(search.root / "results" / "ray")
     assert len(workers) == 2 and len(set(workers.values())) == 1, workers
 
