@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from rbp.ablation.jobs import base_config, jobs, shape_only_model
@@ -36,10 +37,16 @@ def _save(fig: Figure, folder: Path, name: str) -> list[Path]:
     return paths
 
 
+def _legend_beside(ax: Axes, **kwargs: object) -> None:
+    """The legend right of the axes: with several lines (a sweep's models, an allocation's rules) a legend
+    inside ("best") still covers points, and ``_save``'s tight bounding box makes room for it."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, **kwargs)
+
+
 def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame) -> Figure:
     """Metric (mean ± std over seeds) against the kept fraction, baselines as horizontal lines."""
-    if figure.study not in spec.studies:
-        raise RbpError(f"figure density_sweep: study {figure.study!r} is not in the spec")
+    if not isinstance(figure.study, str) or figure.study not in spec.studies:
+        raise RbpError(f"figure density_sweep: study {figure.study!r} is not one study of the spec")
     # Only subnet cells have a kept fraction; dense references are drawn as baselines.
     density_of = {
         job.cell: job.config.sparsity.density
@@ -76,20 +83,27 @@ def density_sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame)
 
 
 def sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame) -> Figure:
-    """Metric (mean ± std over seeds) against config key ``figure.x`` over a study's cells, one line
-    per entry of ``figure.lines`` (its label -> the config values its cells have)."""
-    if figure.study not in spec.studies or figure.x is None or not figure.lines:
-        raise RbpError(f"figure sweep: needs a study of the spec (got {figure.study!r}), x and lines")
-    stats = {row.cell: row.stats.get(figure.metric) for row in study_rows(spec, figure.study, results)}
-    configs = {job.cell: job.config for job in jobs(spec) if job.study == figure.study}
+    """Metric (mean ± std over seeds) against config key ``figure.x`` over the cells of one study or
+    several (``figure.study``: a name or a list), one line per entry of ``figure.lines`` (its label ->
+    the config values its cells have; the keys ``cell`` and ``study`` select by name)."""
+    studies = [figure.study] if isinstance(figure.study, str) else figure.study or []
+    if not studies or not set(studies) <= set(spec.studies) or figure.x is None or not figure.lines:
+        raise RbpError(f"figure sweep: needs studies of the spec (got {figure.study!r}), x and lines")
+    stats = {
+        (study, row.cell): row.stats.get(figure.metric) for study in studies for row in study_rows(spec, study, results)
+    }
+    configs = {(job.study, job.cell): job.config for job in jobs(spec) if job.study in studies}
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()
     xs_drawn: set[float] = set()
     for label, where in figure.lines.items():
         points = sorted(
-            (_config_value(config, figure.x), stats[cell])
-            for cell, config in configs.items()
-            if stats.get(cell) is not None and _matches(cell, config, where)
+            (
+                (_config_value(config, figure.x), stats[key])
+                for key, config in configs.items()
+                if stats.get(key) is not None and _matches(*key, config, where)
+            ),
+            key=lambda point: point[0],
         )
         if points:
             xs_drawn.update(x for x, _ in points)
@@ -108,7 +122,7 @@ def sweep(spec: AblationSpec, figure: FigureSpec, results: pd.DataFrame) -> Figu
     ax.set_xlabel(figure.x)
     ax.set_ylabel(header(figure.metric))
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=8)
+        _legend_beside(ax)
     return fig
 
 
@@ -122,11 +136,12 @@ def _config_value(config: object, key: str) -> object:
     return value
 
 
-def _matches(cell: str, config: object, where: dict[str, object]) -> bool:
-    """Whether cell ``cell`` with ``config`` has every value of ``where`` (a list: any of its values);
-    the key ``cell`` names cells (a line across cells that no config value singles out)."""
+def _matches(study: str, cell: str, config: object, where: dict[str, object]) -> bool:
+    """Whether cell ``cell`` of ``study`` with ``config`` has every value of ``where`` (a list: any of its
+    values); the keys ``cell`` and ``study`` name cells (a line that no config value singles out)."""
+    names = {"study": study, "cell": cell}
     for key, wanted in where.items():
-        value = cell if key == "cell" else _config_value(config, key)
+        value = names[key] if key in names else _config_value(config, key)
         if value not in (wanted if isinstance(wanted, list) else [wanted]):
             return False
     return True
@@ -169,7 +184,7 @@ def layer_densities(spec: AblationSpec, figure: FigureSpec) -> Figure:
     ax.set_yscale("log")
     ax.set_ylabel("kept weights (%)")
     ax.set_title(f"per-layer density at global density {100 * base.sparsity.density:g}%")
-    ax.legend(fontsize=8, title="allocation", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    _legend_beside(ax, title="allocation", title_fontsize=8)
     return fig
 
 

@@ -64,7 +64,9 @@ class StudySpec(StrictModel):
 
 class FigureSpec(StrictModel):
     kind: Literal["density_sweep", "layer_densities", "masks", "pareto", "sweep"]
-    study: str | None = Field(None, description="density_sweep, sweep: the study whose cells are drawn")
+    study: str | list[str] | None = Field(
+        None, description="density_sweep: the study whose cells are drawn; sweep: a study or a list of studies"
+    )
     x: str | None = Field(None, description="sweep: the config key on the x axis, e.g. train.epochs")
     lines: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

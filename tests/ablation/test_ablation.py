@@ -194,9 +194,37 @@ def test_sweep_draws_a_line_per_label_over_its_cells_config_values(tmp_path, cap
     assert [round(y, 6) for y in drawn["subnet"].get_ydata()] == [10.0, 20.0, 30.0]
     assert list(drawn["FP"].get_xdata()) == [1, 3] and [round(y, 6) for y in drawn["FP"].get_ydata()] == [60.0, 80.0]
     assert list(drawn["named"].get_xdata()) == [2] and [round(y, 6) for y in drawn["named"].get_ydata()] == [70.0]
+    fig = sweep(spec, spec.figures[0], results)
+    fig.draw_without_rendering()  # lays the legend out, so its place can be read
+    axes = fig.axes[0]
+    assert axes.get_legend().get_window_extent().x0 > axes.get_window_extent().x1  # beside the points, not over them
     written = write_figures(spec, results)
     assert [p.name for p in written] == ["0_sweep.png", "0_sweep.pdf"]
     assert "figure bad skipped: figure sweep: 'train.epochz' is not a config key" in caplog.text
+
+
+def test_sweep_over_several_studies_joins_their_like_named_cells(tmp_path, caplog):
+    """A sweep given a list of studies draws a line through cells of the same name in each (a recipe at
+    every width), and the key study picks a cell from one study; density_sweep takes one study only."""
+    from rbp.ablation.figures import sweep
+
+    cells = [{"name": "subnet"}, {"name": "fp", "set": {"model.mode": "dense"}}]
+    studies = {f"w{w}": {"set": {"model.width": w}, "cells": cells} for w in (4, 8, 16)}
+    lines = {"subnet": {"cell": "subnet"}, "fp at 8": {"study": "w8", "model.mode": "dense"}}
+    figure = {"kind": "sweep", "study": ["w16", "w4", "w8"], "x": "model.width", "lines": lines}
+    one_study_only = {"kind": "density_sweep", "study": ["w4", "w8"], "name": "dens"}
+    spec = load_spec(_spec(tmp_path, studies, [figure, one_study_only]))
+    for job in jobs(spec):
+        pgd = job.config.model.width / 100 + (job.config.model.mode == "dense") / 2
+        summary = {"test_clean_acc": 0.9, "test_pgd20_acc": pgd, "kept_params": 100}
+        write_row(spec.folder / "rows", result_row(job.config, summary, extra={"cell": job.cell}))
+    results = read_results(spec.folder / "rows")
+    drawn = {bars.get_label(): bars.lines[0] for bars in sweep(spec, spec.figures[0], results).axes[0].containers}
+    assert list(drawn["subnet"].get_xdata()) == [4, 8, 16]
+    assert [round(y, 6) for y in drawn["subnet"].get_ydata()] == [4.0, 8.0, 16.0]
+    assert list(drawn["fp at 8"].get_xdata()) == [8] and round(drawn["fp at 8"].get_ydata()[0], 6) == 58.0
+    assert [p.name for p in write_figures(spec, results)] == ["0_sweep.png", "0_sweep.pdf"]
+    assert "figure dens skipped: figure density_sweep: study ['w4', 'w8'] is not one study" in caplog.text
 
 
 @pytest.mark.parametrize(
