@@ -189,14 +189,14 @@ def test_sweep_draws_a_line_per_label_over_its_cells_config_values(tmp_path, cap
     pgd = {(job.cell, 0): (0.9, job.config.train.epochs / 10 + (job.config.model.mode == "dense") / 2)
            for job in jobs(spec)}  # fmt: skip
     results = _fixture_rows(spec, pgd)
-    drawn = {bars.get_label(): bars.lines[0] for bars in sweep(spec, spec.figures[0], results).axes[0].containers}
+    fig = sweep(spec, spec.figures[0], results)
+    axes = fig.axes[0]
+    drawn = {bars.get_label(): bars.lines[0] for bars in axes.containers}
     assert list(drawn["subnet"].get_xdata()) == [1, 2, 3]
     assert [round(y, 6) for y in drawn["subnet"].get_ydata()] == [10.0, 20.0, 30.0]
     assert list(drawn["FP"].get_xdata()) == [1, 3] and [round(y, 6) for y in drawn["FP"].get_ydata()] == [60.0, 80.0]
     assert list(drawn["named"].get_xdata()) == [2] and [round(y, 6) for y in drawn["named"].get_ydata()] == [70.0]
-    fig = sweep(spec, spec.figures[0], results)
     fig.draw_without_rendering()  # lays the legend out, so its place can be read
-    axes = fig.axes[0]
     assert axes.get_legend().get_window_extent().x0 > axes.get_window_extent().x1  # beside the points, not over them
     written = write_figures(spec, results)
     assert [p.name for p in written] == ["0_sweep.png", "0_sweep.pdf"]
