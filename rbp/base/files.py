@@ -7,6 +7,8 @@
 - ``last.pt``          the latest epoch's model + trainer state and metrics history (the commit point)
 - ``best.pt``          the model of the epoch with the best validation PGD accuracy
 - ``summary.json``     test metrics of ``best.pt`` and the model's size, when finished
+- ``test.json``        the test metrics of ``best.pt`` measured so far, while the evaluation runs
+- ``autoattack.json``  AutoAttack's progress: the images no attack has broken yet, after each attack
 - ``.lock``            held (``flock``) by the one process writing the folder
 
 A Ray trial's checkpoint folder holds the same files (one folder per seed, ``seed<S>/``, when a
@@ -20,4 +22,6 @@ METRICS = "metrics.jsonl"
 LAST = "last.pt"
 BEST = "best.pt"
 SUMMARY = "summary.json"
+TEST_PROGRESS = "test.json"
+AUTOATTACK_PROGRESS = "autoattack.json"
 LOCK = ".lock"

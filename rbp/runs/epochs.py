@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from rbp.artefacts.checkpoint import load_model, pretrained_weights
@@ -56,12 +57,20 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts) + ("  *best" if m["is_best"] else "")
 
 
-def test_metrics(trainer: Trainer) -> dict[str, Any]:
-    """Clean, PGD (eval.test_pgd_steps, restarts) and optionally AutoAttack on the test split."""
+def test_metrics(trainer: Trainer, folder: RunFolder) -> dict[str, Any]:
+    """Clean, PGD (eval.test_pgd_steps, restarts) and optionally AutoAttack on the test split.
+
+    Each part is written to ``folder`` once measured (clean and PGD to ``test.json``, AutoAttack's
+    progress after each of its attacks to ``autoattack.json``), and a call that finds them measures
+    only the rest: a stopped evaluation, hours of AutoAttack on a CPU, resumes where it was.
+    """
     cfg = trainer.cfg
-    steps = cfg.eval.test_pgd_steps
-    result = trainer.evaluate("test", steps=steps, restarts=cfg.eval.test_restarts)
-    metrics = {"test_clean_acc": result["clean_acc"], pgd_key(steps): result["pgd_acc"]}
+    metrics = _measured(folder.test_progress)
+    if metrics is None:
+        steps = cfg.eval.test_pgd_steps
+        result = trainer.evaluate("test", steps=steps, restarts=cfg.eval.test_restarts)
+        metrics = {"test_clean_acc": result["clean_acc"], pgd_key(steps): result["pgd_acc"]}
+        write_json(folder.test_progress, metrics)
     if cfg.eval.autoattack:
         test = trainer.splits.test
         n = min(cfg.eval.autoattack_samples or len(test), len(test))
@@ -75,8 +84,24 @@ def test_metrics(trainer: Trainer) -> dict[str, Any]:
             batch_size=cfg.data.eval_batch_size,
             seed=cfg.seed,
             device=trainer.device,
+            state_path=folder.autoattack_progress,
         )
         metrics.update(test_autoattack_acc=aa["autoattack_acc"], test_autoattack_samples=n)
+    return metrics
+
+
+def _measured(path: Path) -> dict[str, Any] | None:
+    """The test metrics an earlier, stopped evaluation wrote to ``path``; None if there are none."""
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        if not isinstance(metrics, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        log.warning("%s is unreadable (%s): measuring again", path, error)
+        return None
+    log.info("test clean and PGD accuracy measured before, read from %s", path)
     return metrics
 
 
@@ -96,7 +121,7 @@ def summarise(trainer: Trainer, folder: RunFolder) -> dict[str, Any]:
             "run_dir": str(folder.dir),
             "best_epoch": payload["metrics"]["epoch"],
             "best_val_pgd_acc": payload["metrics"].get("val_pgd_acc"),
-            **test_metrics(trainer),
+            **test_metrics(trainer, folder),
             "kept_params": kept,
             "total_params": total,
             "density": kept / total,
@@ -106,6 +131,8 @@ def summarise(trainer: Trainer, folder: RunFolder) -> dict[str, Any]:
     finally:
         trainer.model = current
     write_json(folder.summary, summary)
+    for path in folder.evaluation_progress:  # summary.json holds what they measured
+        path.unlink(missing_ok=True)
     return summary
 
 

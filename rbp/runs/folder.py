@@ -53,6 +53,9 @@ class RunFolder:
         self.dir, self.cfg, self.data_info = run_dir, cfg, data_info
         self.last, self.best = run_dir / files.LAST, run_dir / files.BEST
         self.metrics, self.summary = run_dir / files.METRICS, run_dir / files.SUMMARY
+        # The test evaluation's progress (hours of AutoAttack on a CPU): kept until summary.json holds it.
+        self.test_progress = run_dir / files.TEST_PROGRESS
+        self.autoattack_progress = run_dir / files.AUTOATTACK_PROGRESS
         # Wall-clock seconds of training and validation so far, over resumes: kept in last.pt's trainer
         # state, not in the metrics history (which must not depend on the machine or on interruptions).
         self.train_seconds = 0.0
@@ -101,5 +104,10 @@ class RunFolder:
         return history
 
     def clear(self) -> None:
-        for path in (self.last, self.best, self.metrics, self.summary):
+        for path in (self.last, self.best, self.metrics, self.summary, *self.evaluation_progress):
             path.unlink(missing_ok=True)
+
+    @property
+    def evaluation_progress(self) -> tuple[Path, Path]:
+        """The files of a test evaluation under way, which ``summary.json`` supersedes."""
+        return self.test_progress, self.autoattack_progress

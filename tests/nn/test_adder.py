@@ -165,6 +165,7 @@ def test_every_evaluation_path_attacks_with_exact_gradients(monkeypatch):
         def __init__(self, net, **kwargs):
             self.net = net
             self.apgd_targeted = self.fab = SimpleNamespace(n_target_classes=9)
+            self.attacks_to_run = ["apgd-ce"]
 
         def run_standard_evaluation(self, x, y, *, batch_size):
             x = x.clone().requires_grad_(True)
@@ -173,6 +174,7 @@ def test_every_evaluation_path_attacks_with_exact_gradients(monkeypatch):
 
     fake = ModuleType("pyautoattack")
     fake.AutoAttack = FakeAutoAttack
+    fake.checks = SimpleNamespace(check_square_sr=lambda accuracy_after, logger: None)
     monkeypatch.setitem(sys.modules, "pyautoattack", fake)
     seen.clear()
     autoattack_accuracy(model, x, y, eps=0.1)
