@@ -3,7 +3,8 @@
 For each cell whose model is kept (``<results>/models/``, first seed of the spec) this runs, in a
 subprocess, ``rbp eval MODEL --attack clean`` (the whole test split) and, when the spec evaluates
 AutoAttack, ``rbp eval MODEL --attack autoattack --samples N`` (the spec's N), writing their JSON to
-``<results>/reeval/<model>.<attack>.json``; a JSON already there is reused, so the check resumes.
+``<results>/reeval/<model>.<attack>.json``; a JSON already there is reused, so the check resumes
+(within an AutoAttack too: its progress is kept in ``<model>.autoattack.state.json`` until it ends).
 It prints one Markdown row per model: the row's and the re-evaluation's accuracies and their
 differences; it exits 1 when a clean accuracy differs or an AutoAttack accuracy is more than
 ``--tolerance`` points away (issue 11's acceptance: exactly, and 0.5 points).
@@ -57,7 +58,10 @@ def evaluate(model: Path, attack: str, samples: int | None, out: Path, reuse_twi
             out.write_text(twin.read_text())
         else:
             cmd = [sys.executable, "-m", "rbp", "eval", str(model), "--attack", attack, "--out", str(out)]
-            subprocess.run(cmd + (["--samples", str(samples)] if samples else []), check=True)
+            cmd += ["--samples", str(samples)] if samples else []
+            state = out.with_suffix(".state.json")  # AutoAttack's progress: a stopped check resumes mid-attack
+            subprocess.run(cmd + (["--state", str(state)] if attack == "autoattack" else []), check=True)
+            state.unlink(missing_ok=True)
     return json.loads(out.read_text())
 
 

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 def _eval(args: argparse.Namespace) -> int:
     check_out(args.out, "--out")  # before the long computation: its result must not be thrown away
+    check_out(args.state, "--state")
+    if args.state is not None and args.attack != "autoattack":
+        raise RbpError(f"--state keeps AutoAttack's progress; it needs --attack autoattack, not {args.attack}")
     import torch
 
     from rbp.artefacts.load import load_any
@@ -48,6 +51,7 @@ def _eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             device=device,
+            state_path=args.state,
         )
         result.update(clean_acc=aa["clean_acc"], autoattack_acc=aa["autoattack_acc"])
     else:
@@ -149,6 +153,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         [
             "rbp eval results/digits/models/baselines.subnet_ours.rbpz --attack pgd --steps 50 --restarts 5",
             "rbp eval results/digits/models/baselines.fp_pgd_at.pt --attack autoattack --samples 100",
+            "rbp eval model.rbpz --attack autoattack --samples 1000 --state aa.json   # again to resume",
             "rbp eval results/digits/models/density.density_0_01.rbpz --attack clean --split val --out result.json",
         ],
     )
@@ -168,6 +173,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
     ev.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
     ev.add_argument("--out", type=Path, help="also write the result as JSON here")
+    ev.add_argument(
+        "--state",
+        type=Path,
+        help="AutoAttack: write the images still robust here after each attack; run again with the same "
+        "file to continue a stopped evaluation after its last finished attack",
+    )
     add_quiet(ev)
     ev.set_defaults(handler=_eval)
 

@@ -148,6 +148,26 @@ def test_eval_autoattack_on_a_few_images(run_dir, capsys, caplog):
     assert "autoattack:" in messages and "APGD-CE" in messages.upper()
 
 
+@pytest.mark.slow
+def test_eval_autoattack_with_state_continues_where_the_state_ends(run_dir, tmp_path, capsys, caplog):
+    caplog.set_level("INFO")
+    state = tmp_path / "aa.json"
+    command = ["eval", str(run_dir / "best.pt"), "--attack", "autoattack", "--samples", "24", "--state", str(state)]
+    assert main(command) == 0
+    first = json.loads(capsys.readouterr().out)
+    saved = json.loads(state.read_text())
+    assert len(saved["robust"]) == 24 and saved["accuracy_after"]
+    caplog.clear()
+    assert main(command) == 0  # every attack finished: nothing is attacked again, the same result
+    assert json.loads(capsys.readouterr().out)["autoattack_acc"] == first["autoattack_acc"]
+    assert "resuming after" in caplog.text and "running apgd" not in caplog.text
+
+
+def test_eval_state_without_autoattack_exits_2(run_dir, tmp_path, capsys):
+    err = _bad(["eval", str(run_dir / "best.pt"), "--attack", "pgd", "--state", str(tmp_path / "aa.json")], capsys)
+    assert "--state" in err and "--attack autoattack" in err
+
+
 def _bad(args, capsys):
     code = main(args)
     err = capsys.readouterr().err.strip()
