@@ -2,6 +2,7 @@
 evaluation stopped between its attacks resumes after the last one it finished."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from rbp.config.load import load_config
 from rbp.evaluation import autoattack_accuracy
 from rbp.runs.epochs import train_run
-from rbp.runs.folder import run_dir_of
+from rbp.runs.folder import RunFolder, run_dir_of
 from rbp.training.trainer import Trainer
 
 EPS = 0.2  # breaks most of the test's images, not all
@@ -145,6 +146,13 @@ def test_a_run_stopped_during_autoattack_resumes_there_with_the_same_summary(tmp
             train_run(cfg)
     assert (run_dir / "test.json").exists() and (run_dir / "autoattack.json").exists()
     assert not (run_dir / "summary.json").exists()
+    progress = {name: (run_dir / name).read_bytes() for name in ("test.json", "autoattack.json")}
+    trainer = Trainer(cfg)
+    folder = RunFolder(run_dir, cfg, asdict(trainer.splits.info))
+    folder.commit(trainer, folder.restore(trainer))  # an epoch committed again: the progress belongs to no model now
+    assert not (run_dir / "test.json").exists() and not (run_dir / "autoattack.json").exists()
+    for name, content in progress.items():
+        (run_dir / name).write_bytes(content)
 
     evaluated, evaluate = [], Trainer.evaluate
     monkeypatch.setattr(

@@ -74,6 +74,9 @@ class RunFolder:
         state = {k: v for k, v in trainer.state_dict().items() if k != "model"}
         state = {**state, "history": history, "train_seconds": self.train_seconds}
         save_checkpoint(self.last, self.cfg, self.data_info, trainer.model, state, history[-1])
+        # A stopped test evaluation measured an older best.pt (a trial that trains its last epoch again).
+        for path in self.evaluation_progress:
+            path.unlink(missing_ok=True)
         self._derive(trainer, history)
 
     def _derive(self, trainer: Trainer, history: list[dict[str, Any]]) -> None:
