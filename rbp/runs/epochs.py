@@ -131,8 +131,7 @@ def summarise(trainer: Trainer, folder: RunFolder) -> dict[str, Any]:
     finally:
         trainer.model = current
     write_json(folder.summary, summary)
-    for path in folder.evaluation_progress:  # summary.json holds what they measured
-        path.unlink(missing_ok=True)
+    folder.drop_evaluation_progress()  # summary.json holds what it measured
     return summary
 
 

@@ -74,9 +74,7 @@ class RunFolder:
         state = {k: v for k, v in trainer.state_dict().items() if k != "model"}
         state = {**state, "history": history, "train_seconds": self.train_seconds}
         save_checkpoint(self.last, self.cfg, self.data_info, trainer.model, state, history[-1])
-        # A stopped test evaluation measured an older best.pt (a trial that trains its last epoch again).
-        for path in self.evaluation_progress:
-            path.unlink(missing_ok=True)
+        self.drop_evaluation_progress()  # it measured an older best.pt (a trial that trains its last epoch again)
         self._derive(trainer, history)
 
     def _derive(self, trainer: Trainer, history: list[dict[str, Any]]) -> None:
@@ -114,3 +112,8 @@ class RunFolder:
     def evaluation_progress(self) -> tuple[Path, Path]:
         """The files of a test evaluation under way, which ``summary.json`` supersedes."""
         return self.test_progress, self.autoattack_progress
+
+    def drop_evaluation_progress(self) -> None:
+        """Remove a stopped test evaluation's progress: superseded by ``summary.json`` or by a new epoch."""
+        for path in self.evaluation_progress:
+            path.unlink(missing_ok=True)
