@@ -98,11 +98,23 @@ class Host:
 
     @property
     def init_pid(self) -> int:
-        """Process 1 of the host's PID namespace, as the machine sees it (the child of ``unshare``)."""
+        """Process 1 of the host's PID namespace, as the machine sees it (the child of ``unshare``).
+
+        Waits up to a minute for ``unshare`` to fork it: on a busy machine the first command sent to a
+        host can come before that fork (a CI run failed so). Fails at once, with the host's boot log,
+        when the launcher has ended (boot.sh failed or the host was killed).
+        """
         assert self.launcher is not None
-        children = Path(f"/proc/{self.launcher.pid}/task/{self.launcher.pid}/children").read_text().split()
-        assert children, f"host {self.name} has no process 1"
-        return int(children[0])
+        children = Path(f"/proc/{self.launcher.pid}/task/{self.launcher.pid}/children")
+        deadline = time.monotonic() + 60
+        while self.launcher.poll() is None:
+            forked = children.read_text().split()
+            if forked:
+                return int(forked[0])
+            assert time.monotonic() < deadline, f"host {self.name}: unshare has not forked process 1 in 60 s"
+            time.sleep(0.05)
+        boot = (self.folder / "boot.log").read_text() if (self.folder / "boot.log").is_file() else ""
+        raise AssertionError(f"host {self.name} has no process 1 (exit {self.launcher.returncode}): {boot}")
 
 
 class Hosts:
